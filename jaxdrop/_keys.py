@@ -1,0 +1,71 @@
+"""Normalising PRNG keys and deriving the two Threefry words that seed a mask."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
+
+# Domain-separation constant: the mask stream of a key differs from every stream
+# that `jax.random` draws from the same key. (First digits of sqrt(2) and sqrt(3).)
+_DOMAIN = (np.uint32(0x6A09E667), np.uint32(0xBB67AE85))
+
+
+def threefry2x32(k0, k1, x0, x1):
+  """Threefry-2x32 (20 rounds, JAX's own primitive) with broadcasting of all four words."""
+  shape = jnp.broadcast_shapes(jnp.shape(k0), jnp.shape(k1), jnp.shape(x0), jnp.shape(x1))
+  args = [jnp.broadcast_to(jnp.asarray(a, jnp.uint32), shape) for a in (k0, k1, x0, x1)]
+  return threefry2x32_p.bind(*args)
+
+
+def is_typed_key(key) -> bool:
+  dtype = getattr(key, "dtype", None)
+  return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def as_typed_key(key, *, name: str = "key") -> jax.Array:
+  """Returns `key` as a single typed key; legacy ``uint32`` keys are wrapped.
+
+  Raises a `TypeError` for anything that is not a key and a `ValueError` for a
+  batch of keys, with the advice to `jax.vmap` over it.
+  """
+  if is_typed_key(key):
+    if key.shape != ():
+      raise ValueError(
+          f"{name} must be a single PRNG key, got a batch of keys of shape {key.shape}; "
+          f"for one mask per key, map over them: jax.vmap(lambda k, x: ..., in_axes=(0, 0))")
+    return key
+  dtype = getattr(key, "dtype", None)
+  if dtype is None or np.dtype(dtype) != np.uint32:
+    raise TypeError(
+        f"{name} must be a PRNG key such as jax.random.key(0) (or a legacy uint32 key from "
+        f"jax.random.PRNGKey), got {type(key).__name__}"
+        + (f" of dtype {np.dtype(dtype).name}" if dtype is not None else f" {key!r}"))
+  expected = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+  if key.shape == expected:
+    return jax.random.wrap_key_data(key)
+  if key.shape[-len(expected):] == expected:
+    raise ValueError(
+        f"{name} must be a single PRNG key, got a batch of legacy keys of shape {key.shape}; "
+        f"for one mask per key, map over them: jax.vmap(lambda k, x: ..., in_axes=(0, 0))")
+  raise ValueError(
+      f"{name} is a uint32 array of shape {key.shape}, which is not a legacy key of the "
+      f"default implementation {jax.config.jax_default_prng_impl} (shape {expected}); pass a typed key from jax.random.key")
+
+
+def mask_words(key: jax.Array) -> jax.Array:
+  """Hashes a typed key of any implementation down to two uint32 words, ``uint32[2]``.
+
+  Every implementation (threefry2x32, rbg, unsafe_rbg, philox, ...) is folded
+  with Threefry-2x32, so the mask is drawn the same way, per element and per
+  shard, whatever the key's implementation, and per-key under `jax.vmap`.
+  """
+  data = jax.random.key_data(key).reshape(-1)
+  words = [data[i] for i in range(data.shape[0])]
+  if len(words) % 2:
+    words.append(jnp.uint32(0))
+  a, b = threefry2x32(words[0], words[1], *_DOMAIN)
+  for i in range(2, len(words), 2):
+    a, b = threefry2x32(a, b, words[i], words[i + 1])
+  return jnp.stack([a, b])

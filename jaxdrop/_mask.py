@@ -1,0 +1,81 @@
+"""The mask generator: 32 random bits per element for the cost of a few integer ops.
+
+One Threefry-2x32 hash (JAX's primitive, 20 rounds) is spent on each group of
+`GROUP` consecutive elements along the last axis, keyed by the mask words and
+counted by the group's position (row index over the leading axes, group index
+along the last one). Its two output words seed the group; each element then
+gets its own 32 bits from a keyed integer finaliser (lowbias32, C. Wellons)
+applied to a Weyl sequence over the group. The bits of an element depend only
+on the key and the element's global index, never on the mesh or the batch,
+so every shard can draw its own part of the mask.
+
+An element is kept when its 32 bits are at least the threshold
+``t = round(rate * 2**32)``; the realised drop probability is ``t / 2**32``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._keys import threefry2x32
+
+GROUP = 32
+_GOLDEN = np.uint32(0x9E3779B9)
+_M1 = np.uint32(0x7FEB352D)
+_M2 = np.uint32(0x846CA68B)
+_TWO32 = 2.0**32
+
+
+def _finalise(v: jax.Array, salt: jax.Array) -> jax.Array:
+  v = v ^ (v >> 16)
+  v = v * _M1
+  v = v ^ salt
+  v = v ^ (v >> 15)
+  v = v * _M2
+  return v ^ (v >> 16)
+
+
+def random_bits(words: tuple[jax.Array, jax.Array], shape: tuple[int, ...]) -> jax.Array:
+  """uint32 random bits of `shape`, a pure function of `words` and each element's index."""
+  if not shape:
+    return random_bits(words, (1,)).reshape(())
+  *lead, last = shape
+  if math.prod(lead) >= 2**32:
+    raise ValueError(f"jaxdrop masks support at most 2**32 rows (leading axes), got shape {shape}")
+  groups = -(-last // GROUP)
+  grid = (*lead, groups)
+  row = jnp.zeros(grid, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(lead))):
+    row = row + jax.lax.broadcasted_iota(jnp.uint32, grid, axis) * np.uint32(stride)
+    stride *= lead[axis]
+  col = jax.lax.broadcasted_iota(jnp.uint32, grid, len(lead))
+  seed, salt = threefry2x32(words[0], words[1], row, col)
+  lanes = (jnp.arange(GROUP, dtype=jnp.uint32) * _GOLDEN).reshape((1,) * len(grid) + (GROUP,))
+  bits = _finalise(seed[..., None] + lanes, salt[..., None])
+  return bits.reshape(*lead, groups * GROUP)[..., :last]
+
+
+def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Threshold of a traced drop rate in [0, 1]: ``(t, any_kept, keep)``.
+
+  `t` is ``round(rate * 2**32)`` as uint32, at least 1 for any rate > 0 (a small
+  rate never rounds to "never drop"). `any_kept` is False only for rate 1,
+  whose threshold does not fit in 32 bits. `keep` is the realised keep
+  probability ``1 - t / 2**32`` in the rate's float dtype.
+  """
+  t = jnp.round(rate * _TWO32)
+  t = jnp.where(rate > 0, jnp.maximum(t, 1), 0)
+  t = jnp.minimum(t, np.nextafter(np.asarray(_TWO32, rate.dtype), 0, dtype=rate.dtype))
+  any_kept = rate < 1
+  keep = jnp.where(any_kept, 1 - t / _TWO32, 0).astype(rate.dtype)
+  return t.astype(jnp.uint32), any_kept, keep
+
+
+def keep_mask(words, shape, t, any_kept) -> jax.Array:
+  """Boolean mask of `shape`: True where the element is kept."""
+  return (random_bits(words, shape) >= t) & any_kept

@@ -1,0 +1,101 @@
+"""Argument checks shared by the public functions.
+
+Each check runs in Python on concrete values (traced values pass through) and
+raises a `TypeError` or `ValueError` naming the argument and the value it got.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(value) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def float_array(x, name: str = "x") -> jax.Array:
+  """`x` as a JAX array of a floating dtype."""
+  try:
+    x = jnp.asarray(x)
+  except TypeError as err:
+    raise TypeError(f"{name} must be an array of a floating dtype, got {type(x).__name__}") from err
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
+        f"got dtype {x.dtype.name}")
+  return x
+
+
+def probability(value, name: str = "rate") -> float | None:
+  """Checks a probability; returns it as a float if concrete, None if traced."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}")
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    if not isinstance(value, (int, float)):
+      raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__} {value!r}")
+  else:
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+      raise TypeError(f"{name} must be a real number in [0, 1], got an array of dtype {np.dtype(dtype).name}")
+    if np.ndim(value) != 0:
+      raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
+  if is_traced(value):
+    return None
+  number = float(value)
+  if not 0.0 <= number <= 1.0:  # also rejects NaN
+    raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value!r}")
+  return number
+
+
+def flag(value, name: str) -> bool | jax.Array:
+  """A Python bool, or a traced boolean scalar (selected at run time)."""
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  dtype = getattr(value, "dtype", None)
+  if dtype is None or np.dtype(dtype) != np.bool_:
+    raise TypeError(f"{name} must be a bool or a boolean scalar array, got {value!r}")
+  if np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
+  return value if is_traced(value) else bool(value)
+
+
+def static_bool(value, name: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a Python bool (it selects the program, not a value in it), got {value!r}")
+  return bool(value)
+
+
+def axes(value, ndim: int, name: str) -> tuple[int, ...]:
+  """Normalises an int or a sequence of ints to distinct non-negative axes < ndim."""
+  items = (value,) if not isinstance(value, Sequence) else tuple(value)
+  out = []
+  for item in items:
+    if isinstance(item, (bool, np.bool_)):
+      raise TypeError(f"{name} must hold integer axes, got {value!r}")
+    try:
+      axis = operator.index(item)
+    except TypeError as err:
+      raise TypeError(f"{name} must hold integer axes, got {value!r}") from err
+    if not -ndim <= axis < ndim:
+      raise ValueError(f"{name} has axis {axis}, out of range for an array of {ndim} dimensions, got {value!r}")
+    out.append(axis % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f"{name} repeats an axis, got {value!r}")
+  return tuple(sorted(out))
+
+
+def choice(value, options: Sequence[str], name: str) -> str:
+  if value not in options:
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+  return value
+
+
+def mask_shape(shape: tuple[int, ...], shared_axes: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(1 if axis in shared_axes else size for axis, size in enumerate(shape))
+
+
