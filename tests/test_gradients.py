@@ -1,0 +1,132 @@
+"""The hand-derived derivative against plain autodiff of a reference fed the same mask."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import observed_mask, reference_dropout
+from jax.test_util import check_grads
+
+import jaxdrop
+
+MODES = list(itertools.product([False, True], ["vjp", "jvp"]))
+KEY = jax.random.key(42)
+SHAPE = (8, 70)
+
+
+def _x(seed=0):
+  return jax.random.normal(jax.random.key(seed), SHAPE)
+
+
+def _loss(f):
+  g = jax.random.normal(jax.random.key(99), SHAPE)
+  return lambda x: jnp.sum(g * jnp.tanh(f(x)))
+
+
+@pytest.mark.parametrize("recompute,autodiff", MODES)
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+@pytest.mark.parametrize("inverted", [True, False])
+def test_gradient_equals_autodiff_of_reference(recompute, autodiff, rate, inverted):
+  x = _x()
+  mask = observed_mask(KEY, SHAPE, rate)
+  scale = 1 / (1 - np.float32(rate)) if inverted else 1.0
+  ours = _loss(lambda x: jaxdrop.dropout(KEY, x, rate, inverted=inverted,
+                                        recompute=recompute, autodiff=autodiff))
+  ref = _loss(lambda x: reference_dropout(mask, x, scale))
+  np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(ref)(x))
+  value, grad = jax.jit(jax.value_and_grad(ours))(x)
+  ref_value, ref_grad = jax.jit(jax.value_and_grad(ref))(x)
+  np.testing.assert_array_equal(grad, ref_grad)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+
+
+def test_all_modes_bit_identical():
+  x = _x()
+  results = []
+  for recompute, autodiff in MODES:
+    f = lambda x: jaxdrop.dropout(KEY, x, 0.3, recompute=recompute, autodiff=autodiff)
+    y, vjp = jax.vjp(f, x)
+    results.append((y, vjp(jnp.cos(x))[0]))
+  for y, dx in results[1:]:
+    np.testing.assert_array_equal(y, results[0][0])
+    np.testing.assert_array_equal(dx, results[0][1])
+
+
+@pytest.mark.parametrize("recompute,autodiff", MODES)
+def test_backward_is_exactly_g_times_mask_times_scale(recompute, autodiff):
+  x = _x()
+  g = jnp.full(SHAPE, jnp.nan).at[:, ::2].set(3.0)  # NaN cotangents stay out of dropped units
+  _, vjp = jax.vjp(lambda x: jaxdrop.dropout(KEY, x, 0.5, recompute=recompute,
+                                             autodiff=autodiff), x)
+  (dx,) = vjp(g)
+  mask = observed_mask(KEY, SHAPE, 0.5)
+  np.testing.assert_array_equal(dx, jnp.where(mask, g * 2.0, 0.0))
+
+
+@pytest.mark.parametrize("recompute,autodiff", MODES)
+def test_rate_one_gradient_is_exactly_zero(recompute, autodiff):
+  x = _x().at[0, 0].set(jnp.inf)
+  grad = jax.grad(lambda x: jnp.sum(jaxdrop.dropout(KEY, x, 1.0, recompute=recompute,
+                                                    autodiff=autodiff) ** 2))(x)
+  np.testing.assert_array_equal(grad, jnp.zeros_like(x))
+
+
+@pytest.mark.parametrize("recompute,autodiff", MODES)
+def test_key_and_rate_get_no_gradient(recompute, autodiff):
+  x = _x()
+  f = lambda rate: jnp.sum(jaxdrop.dropout(KEY, x, rate, recompute=recompute, autodiff=autodiff))
+  assert float(jax.grad(f)(0.3)) == 0.0
+
+
+def test_deterministic_traced_gradient_is_identity():
+  x = _x()
+  f = jax.jit(jax.grad(lambda x, det: jnp.sum(jaxdrop.dropout(KEY, x, 0.5, deterministic=det) * x)))
+  np.testing.assert_array_equal(f(x, jnp.bool_(True)), 2 * x)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_check_grads_reverse_and_second_order(recompute):
+  f = lambda x: jaxdrop.dropout(KEY, x, 0.4, recompute=recompute) * x
+  check_grads(f, (_x(),), order=2, modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_check_grads_forward_mode_with_jvp_registration(recompute):
+  f = lambda x: jaxdrop.dropout(KEY, x, 0.4, recompute=recompute, autodiff="jvp") * x
+  check_grads(f, (_x(),), order=2, modes=["fwd", "rev"], atol=1e-2, rtol=1e-2)
+
+
+class TestForwardMode:
+
+  def _reference(self, rate=0.5):
+    mask = observed_mask(KEY, (12,), rate)
+    return lambda v: jnp.sum(jnp.sin(reference_dropout(mask, v, 1 / (1 - rate))) * v)
+
+  def _ours(self, **kwargs):
+    return lambda v: jnp.sum(jnp.sin(jaxdrop.dropout(KEY, v, 0.5, **kwargs)) * v)
+
+  @pytest.mark.parametrize("recompute", [False, True])
+  def test_jvp_jacfwd_hessian_with_autodiff_jvp(self, recompute):
+    v = jnp.linspace(-1.0, 1.0, 12)
+    ours, ref = self._ours(autodiff="jvp", recompute=recompute), self._reference()
+    np.testing.assert_allclose(jax.jvp(ours, (v,), (jnp.ones(12),))[1],
+                               jax.jvp(ref, (v,), (jnp.ones(12),))[1], rtol=1e-6)
+    np.testing.assert_allclose(jax.jacfwd(ours)(v), jax.jacfwd(ref)(v), rtol=1e-6)
+    np.testing.assert_allclose(jax.hessian(ours)(v), jax.hessian(ref)(v), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.hessian(ours))(v), jax.hessian(ref)(v), rtol=1e-6, atol=1e-6)
+
+  def test_hessian_works_with_the_default_custom_vjp(self):
+    v = jnp.linspace(-1.0, 1.0, 12)
+    np.testing.assert_allclose(jax.hessian(self._ours())(v), jax.hessian(self._reference())(v),
+                               rtol=1e-6, atol=1e-6)
+
+  @pytest.mark.parametrize("transform", [
+      lambda f, v: jax.jvp(f, (v,), (v,)),
+      lambda f, v: jax.jacfwd(f)(v),
+  ])
+  def test_forward_mode_on_custom_vjp_names_the_switch(self, transform):
+    v = jnp.linspace(-1.0, 1.0, 12)
+    with pytest.raises(TypeError, match="autodiff='jvp'"):
+      transform(self._ours(), v)

@@ -1,0 +1,107 @@
+"""Bad input gets a clear error naming the argument and the value."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdrop
+
+KEY = jax.random.key(0)
+X = jnp.ones((4, 6))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.01, 2, float("nan"), float("inf"), np.float32(-1),
+                                  jnp.float32(1.5)])
+def test_rate_out_of_range(rate):
+  with pytest.raises(ValueError, match=r"rate must be in \[0, 1\].*got"):
+    jaxdrop.dropout(KEY, X, rate)
+
+
+@pytest.mark.parametrize("rate", [True, "0.5", None, 0.5j, jnp.array(1, jnp.bool_)])
+def test_rate_wrong_type(rate):
+  with pytest.raises(TypeError, match="rate must be a real number"):
+    jaxdrop.dropout(KEY, X, rate)
+
+
+def test_rate_not_scalar():
+  with pytest.raises(ValueError, match=r"rate must be a scalar, got an array of shape \(2,\)"):
+    jaxdrop.dropout(KEY, X, jnp.array([0.1, 0.2]))
+  with pytest.raises(ValueError, match="rate must be a scalar"):
+    jax.jit(lambda r: jaxdrop.dropout(KEY, X, r))(jnp.array([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64])
+def test_non_float_input(dtype):
+  with pytest.raises(TypeError, match=f"x must have a floating dtype.*got dtype {jnp.dtype(dtype).name}"):
+    jaxdrop.dropout(KEY, jnp.zeros(3, dtype), 0.5)
+
+
+def test_python_int_input_is_rejected():
+  with pytest.raises(TypeError, match="x must have a floating dtype"):
+    jaxdrop.dropout(KEY, [1, 2, 3], 0.5)
+
+
+def test_missing_key():
+  with pytest.raises(TypeError, match="dropout needs a PRNG key.*key=None"):
+    jaxdrop.dropout(None, X, 0.5)
+  with pytest.raises(TypeError, match="dropout needs a PRNG key"):
+    jax.jit(lambda r: jaxdrop.dropout(None, X, r))(0.0)  # a traced rate may be nonzero
+  with pytest.raises(TypeError, match="dropout needs a PRNG key"):
+    jax.jit(lambda d: jaxdrop.dropout(None, X, 0.5, deterministic=d))(True)
+
+
+def test_batched_typed_key_says_vmap():
+  with pytest.raises(ValueError, match=r"batch of keys of shape \(3,\).*jax.vmap"):
+    jaxdrop.dropout(jax.random.split(KEY, 3), X, 0.5)
+
+
+def test_batched_legacy_key_says_vmap():
+  with pytest.raises(ValueError, match=r"batch of legacy keys of shape \(3, 2\).*jax.vmap"):
+    jaxdrop.dropout(jax.random.key_data(jax.random.split(KEY, 3)), X, 0.5)
+
+
+@pytest.mark.parametrize("key", [0, 1.5, jnp.zeros(2, jnp.int32), "seed"])
+def test_not_a_key(key):
+  with pytest.raises(TypeError, match="key must be a PRNG key"):
+    jaxdrop.dropout(key, X, 0.5)
+
+
+def test_uint32_array_of_the_wrong_shape():
+  with pytest.raises(ValueError, match=r"shape \(3,\), which is not a legacy key"):
+    jaxdrop.dropout(jnp.zeros(3, jnp.uint32), X, 0.5)
+
+
+@pytest.mark.parametrize("dims,match", [
+    ((2,), "axis 2, out of range"),
+    ((-3,), "axis -3, out of range"),
+    ((0, -2), "repeats an axis"),
+])
+def test_bad_broadcast_dims(dims, match):
+  with pytest.raises(ValueError, match=f"broadcast_dims .*{match}|broadcast_dims has {match}"):
+    jaxdrop.dropout(KEY, X, 0.5, broadcast_dims=dims)
+
+
+@pytest.mark.parametrize("dims", [(0.5,), (True,), ("a",)])
+def test_non_integer_broadcast_dims(dims):
+  with pytest.raises(TypeError, match="broadcast_dims must hold integer axes"):
+    jaxdrop.dropout(KEY, X, 0.5, broadcast_dims=dims)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None, jnp.array([True, False])])
+def test_bad_deterministic(value):
+  with pytest.raises((TypeError, ValueError), match="deterministic must be"):
+    jaxdrop.dropout(KEY, X, 0.5, deterministic=value)
+
+
+@pytest.mark.parametrize("name", ["inverted", "recompute"])
+def test_static_flags_must_be_python_bools(name):
+  with pytest.raises(TypeError, match=f"{name} must be a Python bool"):
+    jaxdrop.dropout(KEY, X, 0.5, **{name: 1})
+  with pytest.raises(TypeError, match=f"{name} must be a Python bool"):
+    jax.jit(lambda flag: jaxdrop.dropout(KEY, X, 0.5, **{name: flag}))(True)
+
+
+def test_bad_autodiff():
+  with pytest.raises(ValueError, match="autodiff must be one of 'vjp', 'jvp', got 'fwd'"):
+    jaxdrop.dropout(KEY, X, 0.5, autodiff="fwd")
