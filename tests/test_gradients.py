@@ -130,3 +130,16 @@ class TestForwardMode:
     v = jnp.linspace(-1.0, 1.0, 12)
     with pytest.raises(TypeError, match="autodiff='jvp'"):
       transform(self._ours(), v)
+
+
+@pytest.mark.parametrize("autodiff", ["vjp", "jvp"])
+@pytest.mark.parametrize("recompute,per_element_bytes", [(False, 1), (True, 0)])
+def test_backward_residuals(autodiff, recompute, per_element_bytes):
+  # What jax.vjp keeps for the backward pass: the bool mask, or only the key words and scalars.
+  x = jnp.ones((256, 512))
+  _, vjp = jax.vjp(lambda x: jaxdrop.dropout(KEY, x, 0.5, recompute=recompute, autodiff=autodiff), x)
+  leaves = jax.tree.leaves(vjp)
+  big = [leaf for leaf in leaves if leaf.size >= x.size]
+  small = sum(leaf.nbytes for leaf in leaves if leaf.size < x.size)
+  assert sum(leaf.nbytes for leaf in big) == per_element_bytes * x.size, [(l.shape, l.dtype) for l in big]
+  assert small <= 64, [(l.shape, l.dtype) for l in leaves]
