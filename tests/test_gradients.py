@@ -143,3 +143,23 @@ def test_backward_residuals(autodiff, recompute, per_element_bytes):
   small = sum(leaf.nbytes for leaf in leaves if leaf.size < x.size)
   assert sum(leaf.nbytes for leaf in big) == per_element_bytes * x.size, [(l.shape, l.dtype) for l in big]
   assert small <= 64, [(l.shape, l.dtype) for l in leaves]
+
+
+@pytest.mark.parametrize("recompute,autodiff", MODES)
+def test_gradient_under_checkpoint_scan_and_vmap(recompute, autodiff):
+  keys = jax.random.split(KEY, 4)
+  xs = jax.random.normal(jax.random.key(1), (4, 3, 50))
+  drop = lambda k, x: jaxdrop.dropout(k, x, 0.3, recompute=recompute, autodiff=autodiff)
+
+  def scanned(xs):
+    def body(carry, kx):
+      k, x = kx
+      return carry + jnp.sum(jnp.tanh(jax.checkpoint(drop)(k, x))), None
+    return jax.lax.scan(body, 0.0, (keys, xs))[0]
+
+  looped = lambda xs: sum(jnp.sum(jnp.tanh(drop(k, x))) for k, x in zip(keys, xs))
+  batched = lambda xs: jnp.sum(jnp.tanh(jax.vmap(drop)(keys, xs)))
+  expected = jax.grad(looped)(xs)
+  for grad in (jax.jit(jax.grad(scanned))(xs), jax.jit(jax.grad(batched))(xs)):
+    np.testing.assert_array_equal(grad == 0, expected == 0)  # the same masks, exactly
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)  # tanh' fused differently under jit
