@@ -56,8 +56,10 @@ def _dropout(key, x, rate, deterministic, *, shared_axes, inverted, recompute, a
 
 @jax.jit
 def _scale_by_keep(x, rate):
-  keep = 1 - jnp.asarray(rate, compute_dtype(x.dtype))
-  return x * keep.astype(x.dtype)
+  """Classic dropout at test time: `x` times the keep probability that training realises."""
+  rate = jnp.asarray(rate, compute_dtype(x.dtype))
+  _, _, scale = dropout_scalars(rate, jnp.bool_(True), inverted=False)
+  return x * scale.astype(x.dtype)
 
 
 def dropout(
@@ -68,7 +70,7 @@ def dropout(
     deterministic: bool | ArrayLike = False,
     broadcast_dims: int | Sequence[int] = (),
     inverted: bool = True,
-    recompute: bool = False,
+    recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
 ) -> jax.Array:
   r"""Randomly zeroes units of `x` with probability `rate` (the DROP probability).
@@ -106,8 +108,10 @@ def dropout(
       every time step).
     inverted: scale kept units by ``1 / (1 - rate)`` while training (True) or
       scale by ``1 - rate`` at test time (False).
-    recompute: False keeps the mask (1 byte per mask element) for the backward
-      pass; True keeps only the key and regenerates the identical mask.
+    recompute: True (the default) keeps only the key for the backward pass and
+      regenerates the identical mask there; False keeps the mask, 1 byte per
+      mask element. Under `jit` both cost the same time; True saves memory
+      wherever XLA cannot fuse the mask away (`lax.scan` loops, eager `vjp`).
     autodiff: ``"vjp"`` registers the derivative as a `jax.custom_vjp`: reverse
       mode (`jax.grad`, `jax.vjp`, and `jax.hessian`, which is forward over
       reverse). ``"jvp"`` registers it as a `jax.custom_jvp`, which also allows

@@ -13,10 +13,10 @@ _DOMAIN = (np.uint32(0x6A09E667), np.uint32(0xBB67AE85))
 
 
 def threefry2x32(k0, k1, x0, x1):
-  """Threefry-2x32 (20 rounds, JAX's own primitive) with broadcasting of all four words."""
-  shape = jnp.broadcast_shapes(jnp.shape(k0), jnp.shape(k1), jnp.shape(x0), jnp.shape(x1))
-  args = [jnp.broadcast_to(jnp.asarray(a, jnp.uint32), shape) for a in (k0, k1, x0, x1)]
-  return threefry2x32_p.bind(*args)
+  """Threefry-2x32 (20 rounds, JAX's own primitive) of scalar key words and counters."""
+  shape = jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(x1))
+  x0, x1 = (jnp.broadcast_to(jnp.asarray(x, jnp.uint32), shape) for x in (x0, x1))
+  return threefry2x32_p.bind(jnp.asarray(k0, jnp.uint32), jnp.asarray(k1, jnp.uint32), x0, x1)
 
 
 def is_typed_key(key) -> bool:

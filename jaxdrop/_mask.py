@@ -1,16 +1,20 @@
 """The mask generator: 32 random bits per element for the cost of a few integer ops.
 
-One Threefry-2x32 hash (JAX's primitive, 20 rounds) is spent on each group of
-`GROUP` consecutive elements along the last axis, keyed by the mask words and
-counted by the group's position (row index over the leading axes, group index
-along the last one). Its two output words seed the group; each element then
-gets its own 32 bits from a keyed integer finaliser (lowbias32, C. Wellons)
-applied to a Weyl sequence over the group. The bits of an element depend only
-on the key and the element's global index, never on the mesh or the batch,
-so every shard can draw its own part of the mask.
+One Threefry-2x32 hash (JAX's primitive, 20 rounds) is spent per row of the
+mask, a row being the elements along the last axis at one index of the leading
+axes; it is keyed by the mask words and counted by the row's flat index. Its two
+output words seed the row: each element then gets its own 32 bits from a keyed
+integer finaliser (lowbias32, C. Wellons, with the second word mixed in
+mid-way) applied to the Weyl sequence ``seed + column * 0x9E3779B9``. Rows are
+thus independent Threefry streams, and within a row the finaliser is a bijection
+of distinct inputs. The bits of an element depend only on the key and the
+element's global index, never on the mesh or the batch, so every shard can draw
+its own part of the mask; and the seed is broadcast along the last axis without
+any reshape, so XLA's fused loop vectorises.
 
-An element is kept when its 32 bits are at least the threshold
-``t = round(rate * 2**32)``; the realised drop probability is ``t / 2**32``.
+An element is kept when its 32 bits, read as a signed integer, are at least
+``t - 2**31`` with ``t = round(rate * 2**32)``: the realised drop probability
+is ``t / 2**32``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import numpy as np
 
 from ._keys import threefry2x32
 
-GROUP = 32
 _GOLDEN = np.uint32(0x9E3779B9)
 _M1 = np.uint32(0x7FEB352D)
 _M2 = np.uint32(0x846CA68B)
+_SIGN = np.uint32(0x80000000)
 _TWO32 = 2.0**32
 
 
@@ -39,25 +43,22 @@ def _finalise(v: jax.Array, salt: jax.Array) -> jax.Array:
   return v ^ (v >> 16)
 
 
-def random_bits(words: tuple[jax.Array, jax.Array], shape: tuple[int, ...]) -> jax.Array:
-  """uint32 random bits of `shape`, a pure function of `words` and each element's index."""
+def random_bits(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """uint32 random bits of `shape`, a pure function of `words` (uint32[2]) and each index."""
   if not shape:
     return random_bits(words, (1,)).reshape(())
   *lead, last = shape
-  if math.prod(lead) >= 2**32:
-    raise ValueError(f"jaxdrop masks support at most 2**32 rows (leading axes), got shape {shape}")
-  groups = -(-last // GROUP)
-  grid = (*lead, groups)
-  row = jnp.zeros(grid, jnp.uint32)
+  if math.prod(lead) >= 2**32 or last >= 2**32:
+    raise ValueError(f"jaxdrop masks support axes of fewer than 2**32 rows and columns, got shape {shape}")
+  rows = (*lead, 1)
+  row = jnp.zeros(rows, jnp.uint32)
   stride = 1
   for axis in reversed(range(len(lead))):
-    row = row + jax.lax.broadcasted_iota(jnp.uint32, grid, axis) * np.uint32(stride)
+    row = row + jax.lax.broadcasted_iota(jnp.uint32, rows, axis) * np.uint32(stride)
     stride *= lead[axis]
-  col = jax.lax.broadcasted_iota(jnp.uint32, grid, len(lead))
-  seed, salt = threefry2x32(words[0], words[1], row, col)
-  lanes = (jnp.arange(GROUP, dtype=jnp.uint32) * _GOLDEN).reshape((1,) * len(grid) + (GROUP,))
-  bits = _finalise(seed[..., None] + lanes, salt[..., None])
-  return bits.reshape(*lead, groups * GROUP)[..., :last]
+  seed, salt = threefry2x32(words[0], words[1], row, jnp.zeros_like(row))
+  column = jax.lax.broadcasted_iota(jnp.uint32, (1,) * len(lead) + (last,), len(lead))
+  return _finalise(seed + column, salt)
 
 
 def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -77,5 +78,11 @@ def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def keep_mask(words, shape, t, any_kept) -> jax.Array:
-  """Boolean mask of `shape`: True where the element is kept."""
-  return (random_bits(words, shape) >= t) & any_kept
+  """Boolean keep mask of `shape`: True where the element is kept.
+
+  The comparison is signed (bits and threshold both offset by 2**31), which
+  vectorises to one instruction where an unsigned one takes three.
+  """
+  bits = jax.lax.bitcast_convert_type(random_bits(words, shape), jnp.int32)
+  threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
+  return (bits >= threshold) & any_kept

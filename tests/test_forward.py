@@ -255,3 +255,16 @@ class TestTransforms:
     for rate in (0.2, 0.3, 0.7):
       jaxdrop.dropout(jax.random.key(1), x, rate)
     assert impl._dropout._cache_size() == before
+
+
+def test_classic_test_time_with_traced_invalid_rate_is_nan():
+  y = jax.jit(lambda r: jaxdrop.dropout(None, jnp.ones(4), r, inverted=False, deterministic=True))(jnp.nan)
+  assert bool(jnp.all(jnp.isnan(y)))
+
+
+def test_classic_expectation_matches_test_time_in_float64():
+  # Training keeps units with the realised probability; test time scales by that same value.
+  with jax.enable_x64(True):
+    x = jnp.ones(8, jnp.float64)
+    test_time = jaxdrop.dropout(None, x, 0.3, inverted=False, deterministic=True)
+    np.testing.assert_array_equal(test_time, 1 - round(0.3 * 2**32) / 2**32)
