@@ -107,6 +107,6 @@ def forward_mode_hint(name: str):
       raise
     raise TypeError(
         f"jaxdrop.{name} with autodiff='vjp' (the default) registers its derivative as a "
-        "jax.custom_vjp, which supports reverse mode only (jax.grad, jax.vjp, jax.hessian); for "
-        f"jax.jvp, jax.jacfwd or jax.linearize pass autodiff='jvp' to jaxdrop.{name} (same mask, same values and "
-        "gradients).") from err
+        "jax.custom_vjp, which supports reverse mode only (jax.grad, jax.vjp, jax.hessian); "
+        f"for jax.jvp, jax.jacfwd or jax.linearize pass autodiff='jvp' to jaxdrop.{name} "
+        "(same mask, same values and gradients).") from err

@@ -5,9 +5,9 @@ mask, a row being the elements along the last axis at one index of the leading
 axes; it is keyed by the mask words and counted by the row's flat index. Its two
 output words seed the row: each element then gets its own 32 bits from a keyed
 integer finaliser (lowbias32, C. Wellons, with the second word mixed in
-mid-way) applied to the Weyl sequence ``seed + column * 0x9E3779B9``. Rows are
-thus independent Threefry streams, and within a row the finaliser is a bijection
-of distinct inputs. The bits of an element depend only on the key and the
+mid-way) applied to the counter ``seed + column``. Rows are thus independent
+Threefry streams, and within a row the finaliser is a bijection of distinct
+inputs. The bits of an element depend only on the key and the
 element's global index, never on the mesh or the batch, so every shard can draw
 its own part of the mask; and the seed is broadcast along the last axis without
 any reshape, so XLA's fused loop vectorises.
@@ -27,7 +27,6 @@ import numpy as np
 
 from ._keys import threefry2x32
 
-_GOLDEN = np.uint32(0x9E3779B9)
 _M1 = np.uint32(0x7FEB352D)
 _M2 = np.uint32(0x846CA68B)
 _SIGN = np.uint32(0x80000000)
