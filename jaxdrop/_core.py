@@ -1,19 +1,29 @@
-"""The masked-scale op and its derivative: the one backward pass of the family.
+"""The noise op and its derivative: the one backward pass of the whole family.
 
-Every member of the family is ``y = where(mask, x * scale, 0)`` for some mask
-shape and scale, so its derivative is the same linear map applied to the
-incoming cotangent (reverse mode) or tangent (forward mode):
-``dx = where(mask, g * scale, 0)`` -- exact zeros where dropped, even for NaN or inf.
+Every member of the family multiplies `x` by noise drawn from the key and,
+for the Bernoulli members, selects:
 
-Two registrations of that one rule:
+    y = where(keep, x * mult + shift, fill)
 
-* ``"vjp"`` (the default): a `jax.custom_vjp`. The forward pass keeps the mask
-  (1 byte per element of the mask) or, with ``recompute=True``, only the two
-  key words and three scalars, and the backward pass regenerates the mask.
+where ``draw(words, mask_shape, *params) -> (keep, mult)`` says which units are
+kept (a boolean array broadcast against `x`, or None for "all") and by what
+they are multiplied (a scalar, or an array such as Gaussian noise), and the
+optional ``affine = (shift, fill)`` serves alpha dropout. Whatever the member,
+the derivative is the same linear map applied to the incoming cotangent
+(reverse mode) or tangent (forward mode):
+
+    dx = where(keep, g * mult, 0)
+
+-- exact zeros where dropped, even for NaN or inf. Two registrations of that rule:
+
+* ``"vjp"`` (the default): a `jax.custom_vjp`. The forward pass keeps
+  ``(keep, mult)`` (1 byte per mask element for Bernoulli masks) or, with
+  ``recompute=True``, only the key words and the scalar parameters, and the
+  backward pass draws the identical noise again.
 * ``"jvp"``: a `jax.custom_jvp` with the same rule as its tangent, so `jax.jvp`,
-  `jax.jacfwd` and `jax.hessian` work; reverse mode transposes the linear tangent.
-  With ``recompute=True`` the tangent's mask is under `jax.checkpoint`, so reverse
-  mode again keeps only the key words.
+  `jax.jacfwd` and `jax.linearize` work; reverse mode transposes the linear
+  tangent, which sits under `jax.checkpoint` so that reverse mode keeps the same
+  residuals as the ``"vjp"`` registration.
 """
 
 from __future__ import annotations
@@ -24,68 +34,73 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ._mask import keep_mask
 
-
-def masked_scale(mask: jax.Array, v: jax.Array, scale: jax.Array) -> jax.Array:
-  """``v * scale`` where `mask` (broadcast against `v`) is True, exact zeros elsewhere."""
-  return jnp.where(mask, v * scale.astype(v.dtype), jnp.zeros((), v.dtype))
-
-
-def _regenerated(mask_shape, words, t, any_kept, scale, v):
-  return masked_scale(keep_mask(words, mask_shape, t, any_kept), v, scale)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _op_vjp(mask_shape, recompute, words, x, t, any_kept, scale):
-  del recompute
-  return _regenerated(mask_shape, words, t, any_kept, scale, x)
-
-
-def _op_vjp_fwd(mask_shape, recompute, words, x, t, any_kept, scale):
-  mask = keep_mask(words, mask_shape, t, any_kept)
-  residuals = (words, t, any_kept, scale) if recompute else (mask, scale)
-  return masked_scale(mask, x, scale), residuals
-
-
-def _op_vjp_bwd(mask_shape, recompute, residuals, g):
-  if recompute:
-    dx = _regenerated(mask_shape, *residuals, g)
+def apply_noise(keep, mult, v, affine=None):
+  """``where(keep, v * mult + shift, fill)``; without `affine`, shift and fill are 0."""
+  out = v * jnp.asarray(mult).astype(v.dtype)
+  if affine is None:
+    fill = jnp.zeros((), v.dtype)
   else:
-    mask, scale = residuals
-    dx = masked_scale(mask, g, scale)
-  # The key words, the threshold and the scale (a function of the rate) get no gradient.
-  return None, dx, None, None, None
+    shift, fill = affine
+    out = out + shift.astype(v.dtype)
+    fill = fill.astype(v.dtype)
+  return out if keep is None else jnp.where(keep, out, fill)
+
+
+def _draw_and_apply(draw, mask_shape, words, params, v, affine=None):
+  keep, mult = draw(words, mask_shape, *params)
+  return apply_noise(keep, mult, v, affine)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _op_vjp(draw, mask_shape, recompute, words, x, params, affine):
+  del recompute
+  return _draw_and_apply(draw, mask_shape, words, params, x, affine)
+
+
+def _op_vjp_fwd(draw, mask_shape, recompute, words, x, params, affine):
+  keep, mult = draw(words, mask_shape, *params)
+  residuals = (words, params) if recompute else (keep, mult)
+  return apply_noise(keep, mult, x, affine), residuals
+
+
+def _op_vjp_bwd(draw, mask_shape, recompute, residuals, g):
+  keep, mult = draw(residuals[0], mask_shape, *residuals[1]) if recompute else residuals
+  # The key words and the parameters (functions of the rate) get no gradient.
+  return None, apply_noise(keep, mult, g), None, None
 
 
 _op_vjp.defvjp(_op_vjp_fwd, _op_vjp_bwd)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _op_jvp(mask_shape, recompute, words, x, t, any_kept, scale):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _op_jvp(draw, mask_shape, recompute, words, x, params, affine):
   del recompute
-  return _regenerated(mask_shape, words, t, any_kept, scale, x)
+  return _draw_and_apply(draw, mask_shape, words, params, x, affine)
 
 
 @_op_jvp.defjvp
-def _op_jvp_rule(mask_shape, recompute, primals, tangents):
-  words, x, t, any_kept, scale = primals
+def _op_jvp_rule(draw, mask_shape, recompute, primals, tangents):
+  words, x, params, affine = primals
   x_dot = tangents[1]
-  mask = keep_mask(words, mask_shape, t, any_kept)
+  keep, mult = draw(words, mask_shape, *params)
   # The tangent map sits under jax.checkpoint so that reverse mode keeps only its
-  # inputs (the mask, or the key words) and not the zeros that `where` broadcasts.
+  # inputs (the noise, or the key words) and not the zeros that `where` broadcasts.
   if recompute:
-    regenerate = jax.checkpoint(functools.partial(_regenerated, mask_shape))
-    y_dot = regenerate(words, t, any_kept, scale, x_dot)
+    y_dot = jax.checkpoint(functools.partial(_draw_and_apply, draw, mask_shape))(words, params, x_dot)
   else:
-    y_dot = jax.checkpoint(masked_scale)(mask, x_dot, scale)
-  return masked_scale(mask, x, scale), y_dot
+    y_dot = jax.checkpoint(apply_noise)(keep, mult, x_dot)
+  return apply_noise(keep, mult, x, affine), y_dot
 
 
-def masked_op(words, x, t, any_kept, scale, *, mask_shape, recompute, autodiff):
-  """``where(mask, x * scale, 0)`` with the mask drawn from `words`, differentiated by hand."""
+def noise_op(words, x, params, *, draw, mask_shape, recompute, autodiff, affine=None):
+  """``where(keep, x * mult + shift, fill)`` with noise from `draw`, differentiated by hand.
+
+  `draw` must be hashable (a module-level function or a frozen dataclass): it is a
+  static argument of the custom derivative.
+  """
   op = _op_vjp if autodiff == "vjp" else _op_jvp
-  return op(mask_shape, recompute, words, x, t, any_kept, scale)
+  return op(draw, mask_shape, recompute, words, x, params, affine)
 
 
 # JAX's own message when forward mode meets a custom_vjp (pinned by a test).

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._core import forward_mode_hint, masked_op
+from ._core import forward_mode_hint, noise_op
 from ._keys import as_typed_key, mask_words
-from ._mask import drop_threshold
+from ._mask import bernoulli, drop_threshold
 
 AUTODIFF_MODES = ("vjp", "jvp")
 
@@ -49,8 +49,8 @@ def dropout_scalars(rate: jax.Array, deterministic: jax.Array, inverted: bool):
 def _dropout(key, x, rate, deterministic, *, shared_axes, inverted, recompute, autodiff):
   rate = jnp.asarray(rate, compute_dtype(x.dtype))
   t, any_kept, scale = dropout_scalars(rate, deterministic, inverted)
-  return masked_op(
-      mask_words(key), x, t, any_kept, scale,
+  return noise_op(
+      mask_words(key), x, (t, any_kept, scale), draw=bernoulli,
       mask_shape=check.mask_shape(x.shape, shared_axes), recompute=recompute, autodiff=autodiff)
 
 

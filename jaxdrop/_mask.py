@@ -85,3 +85,8 @@ def keep_mask(words, shape, t, any_kept) -> jax.Array:
   bits = jax.lax.bitcast_convert_type(random_bits(words, shape), jnp.int32)
   threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
   return (bits >= threshold) & any_kept
+
+
+def bernoulli(words, shape, t, any_kept, scale):
+  """The draw of plain dropout: a Bernoulli keep mask of `shape` and one scale."""
+  return keep_mask(words, shape, t, any_kept), scale
