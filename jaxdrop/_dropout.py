@@ -16,6 +16,11 @@ from ._keys import as_typed_key, mask_words
 from ._mask import bernoulli, drop_threshold
 
 AUTODIFF_MODES = ("vjp", "jvp")
+BERNOULLI_KINDS = ("inverted", "classic", "alpha")
+
+# SELU's saturation value, -lambda * alpha (Klambauer et al. 2017): where alpha dropout sets
+# dropped units, before the affine correction.
+ALPHA_PRIME = -1.7580993408473766
 
 
 def compute_dtype(x_dtype) -> jnp.dtype:
@@ -23,34 +28,46 @@ def compute_dtype(x_dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if x_dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-def dropout_scalars(rate: jax.Array, deterministic: jax.Array, inverted: bool):
-  """``(t, any_kept, scale)`` for the masked op, from a traced rate and flag.
+def bernoulli_scalars(rate: jax.Array, deterministic: jax.Array, kind: str):
+  """Parameters of the Bernoulli draw, ``(t, any_kept, mult)``, and the affine part.
 
-  Deterministic calls keep every unit (``t = 0``) with the test-time scale: 1 when
-  inverted, the keep probability when classic. A traced rate outside [0, 1] or NaN
-  cannot raise under `jit`; it keeps every unit and makes the scale NaN, so the
-  whole output is NaN rather than silently wrong.
+  `kind` is "inverted" (kept units times 1/keep), "classic" (kept units as they
+  are, times keep at test time) or "alpha" (Klambauer et al.: kept units
+  ``a * x + b``, dropped units ``a * alpha' + b``). `keep` is the realised keep
+  probability. Deterministic calls keep every unit (``t = 0``) with the
+  test-time factor. A traced rate outside [0, 1] or NaN cannot raise under `jit`;
+  it keeps every unit and makes the factor NaN, so the whole output is NaN rather
+  than silently wrong.
   """
   t, any_kept, keep = drop_threshold(rate)
-  one = jnp.ones((), rate.dtype)
-  train_scale = jnp.where(any_kept, one / jnp.where(any_kept, keep, one), 0) if inverted else one
-  test_scale = one if inverted else keep
+  one, zero = jnp.ones((), rate.dtype), jnp.zeros((), rate.dtype)
+  safe_keep = jnp.where(any_kept, keep, one)
+  affine = None
+  if kind == "inverted":
+    train, test = jnp.where(any_kept, one / safe_keep, zero), one
+  elif kind == "classic":
+    train, test = one, keep
+  else:
+    spread = 1 + (1 - keep) * ALPHA_PRIME**2
+    train = jnp.where(any_kept, jax.lax.rsqrt(safe_keep * spread), zero)
+    shift = jnp.where(any_kept, -train * ALPHA_PRIME * (1 - keep), zero)
+    fill = ALPHA_PRIME * jnp.sqrt(keep / spread)  # a * alpha' + b, finite (0) at rate 1
+    test = one
+    affine = (jnp.where(deterministic, zero, shift), fill)
   valid = (rate >= 0) & (rate <= 1)
   use_all = deterministic | ~valid
   t = jnp.where(use_all, jnp.uint32(0), t)
   any_kept = any_kept | use_all
-  scale = jnp.where(deterministic, test_scale, train_scale)
-  scale = jnp.where(valid, scale, jnp.nan)
-  return t, any_kept, scale
+  mult = jnp.where(valid, jnp.where(deterministic, test, train), jnp.nan)
+  return (t, any_kept, mult), affine
 
 
-@functools.partial(
-    jax.jit, static_argnames=("shared_axes", "inverted", "recompute", "autodiff"))
-def _dropout(key, x, rate, deterministic, *, shared_axes, inverted, recompute, autodiff):
+@functools.partial(jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff"))
+def _bernoulli_dropout(key, x, rate, deterministic, *, shared_axes, kind, recompute, autodiff):
   rate = jnp.asarray(rate, compute_dtype(x.dtype))
-  t, any_kept, scale = dropout_scalars(rate, deterministic, inverted)
+  params, affine = bernoulli_scalars(rate, deterministic, kind)
   return noise_op(
-      mask_words(key), x, (t, any_kept, scale), draw=bernoulli,
+      mask_words(key), x, params, draw=bernoulli, affine=affine,
       mask_shape=check.mask_shape(x.shape, shared_axes), recompute=recompute, autodiff=autodiff)
 
 
@@ -58,8 +75,36 @@ def _dropout(key, x, rate, deterministic, *, shared_axes, inverted, recompute, a
 def _scale_by_keep(x, rate):
   """Classic dropout at test time: `x` times the keep probability that training realises."""
   rate = jnp.asarray(rate, compute_dtype(x.dtype))
-  _, _, scale = dropout_scalars(rate, jnp.bool_(True), inverted=False)
-  return x * scale.astype(x.dtype)
+  (_, _, mult), _ = bernoulli_scalars(rate, jnp.bool_(True), "classic")
+  return x * mult.astype(x.dtype)
+
+
+def check_common(x, rate, deterministic, recompute, autodiff):
+  """The checks every member of the family shares; returns the normalised values."""
+  return (check.float_array(x, "x"), check.probability(rate, "rate"),
+          check.flag(deterministic, "deterministic"), check.static_bool(recompute, "recompute"),
+          check.choice(autodiff, AUTODIFF_MODES, "autodiff"))
+
+
+def require_key(name: str, key, rate, deterministic) -> jax.Array:
+  if key is None:
+    raise TypeError(
+        f"{name} needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
+        f"rate is a concrete 0, got key=None with rate={rate!r}, deterministic={deterministic!r}")
+  return as_typed_key(key, name="key")
+
+
+def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes, kind, recompute,
+                  autodiff):
+  """The path every Bernoulli member takes once its own arguments are checked."""
+  if deterministic is True:
+    return _scale_by_keep(x, rate) if kind == "classic" else x
+  if rate_value == 0.0:
+    return x
+  key = require_key(name, key, rate, deterministic)
+  with forward_mode_hint(name):
+    return _bernoulli_dropout(key, x, rate, deterministic, shared_axes=shared_axes, kind=kind,
+                              recompute=recompute, autodiff=autodiff)
 
 
 def dropout(
@@ -136,23 +181,9 @@ def dropout(
     Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout: a
     simple way to prevent neural networks from overfitting", JMLR 15 (2014).
   """
-  x = check.float_array(x, "x")
-  rate_value = check.probability(rate, "rate")
-  deterministic = check.flag(deterministic, "deterministic")
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
   shared_axes = check.axes(broadcast_dims, x.ndim, "broadcast_dims")
-  inverted = check.static_bool(inverted, "inverted")
-  recompute = check.static_bool(recompute, "recompute")
-  autodiff = check.choice(autodiff, AUTODIFF_MODES, "autodiff")
-
-  if deterministic is True:
-    return x if inverted else _scale_by_keep(x, rate)
-  if rate_value == 0.0:
-    return x
-  if key is None:
-    raise TypeError(
-        "dropout needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
-        f"rate is a concrete 0, got key=None with rate={rate!r}, deterministic={deterministic!r}")
-  key = as_typed_key(key, name="key")
-  with forward_mode_hint("dropout"):
-    return _dropout(key, x, rate, deterministic, shared_axes=shared_axes, inverted=inverted,
-                    recompute=recompute, autodiff=autodiff)
+  kind = "inverted" if check.static_bool(inverted, "inverted") else "classic"
+  return run_bernoulli("dropout", key, x, rate, rate_value, deterministic, shared_axes=shared_axes,
+                       kind=kind, recompute=recompute, autodiff=autodiff)

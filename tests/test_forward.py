@@ -251,10 +251,10 @@ class TestTransforms:
     from jaxdrop import _dropout as impl
     x = _x()
     jaxdrop.dropout(jax.random.key(0), x, 0.1)
-    before = impl._dropout._cache_size()
+    before = impl._bernoulli_dropout._cache_size()
     for rate in (0.2, 0.3, 0.7):
       jaxdrop.dropout(jax.random.key(1), x, rate)
-    assert impl._dropout._cache_size() == before
+    assert impl._bernoulli_dropout._cache_size() == before
 
 
 def test_classic_test_time_with_traced_invalid_rate_is_nan():
