@@ -1,7 +1,34 @@
-"""jaxdrop: dropout for JAX as pure functions of an explicit key, with a hand-derived backward pass."""
+"""jaxdrop: dropout and its family for JAX, pure functions of an explicit key with a hand-derived backward pass."""
 
 from ._dropout import dropout as dropout
+from ._family import alpha_dropout as alpha_dropout
+from ._family import channel_dropout as channel_dropout
+from ._family import drop_block as drop_block
+from ._family import drop_connect as drop_connect
+from ._family import drop_path as drop_path
+from ._family import feature_alpha_dropout as feature_alpha_dropout
+from ._family import gaussian_dropout as gaussian_dropout
+from ._locked import DropoutMask as DropoutMask
+from ._locked import apply_mask as apply_mask
+from ._locked import make_mask as make_mask
+from ._mc import MCResult as MCResult
+from ._mc import mc_dropout as mc_dropout
 
 __version__ = "0.1.0"
 
-__all__ = ["dropout", "__version__"]
+__all__ = [
+    "dropout",
+    "channel_dropout",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "drop_path",
+    "drop_block",
+    "drop_connect",
+    "make_mask",
+    "apply_mask",
+    "DropoutMask",
+    "mc_dropout",
+    "MCResult",
+    "__version__",
+]

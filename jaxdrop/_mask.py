@@ -24,6 +24,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import ndtri
 
 from ._keys import threefry2x32
 
@@ -90,3 +91,10 @@ def keep_mask(words, shape, t, any_kept) -> jax.Array:
 def bernoulli(words, shape, t, any_kept, scale):
   """The draw of plain dropout: a Bernoulli keep mask of `shape` and one scale."""
   return keep_mask(words, shape, t, any_kept), scale
+
+
+def standard_normal(words, shape) -> jax.Array:
+  """float32 N(0, 1) noise of `shape`: the inverse normal CDF of 24-bit uniforms in (0, 1)."""
+  bits = random_bits(words, shape)
+  uniform = ((bits >> 8).astype(jnp.float32) + 0.5) * np.float32(2.0**-24)
+  return ndtri(uniform)

@@ -2,10 +2,13 @@ import jaxdrop
 
 
 def test_public_surface():
-  assert jaxdrop.__all__ == ["dropout", "__version__"]
-  for name in jaxdrop.__all__:
-    assert hasattr(jaxdrop, name), name
-  assert callable(jaxdrop.dropout)
+  functions = ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
+               "gaussian_dropout", "drop_path", "drop_block", "drop_connect", "make_mask",
+               "apply_mask", "mc_dropout"]
+  assert sorted(jaxdrop.__all__) == sorted(functions + ["DropoutMask", "MCResult", "__version__"])
+  for name in functions:
+    assert callable(getattr(jaxdrop, name)), name
+    assert getattr(jaxdrop, name).__doc__.count(">>>") >= 1, f"{name} has no doctest example"
 
 
 def test_version_is_a_release_string():

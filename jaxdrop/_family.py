@@ -1,0 +1,521 @@
+"""The dropout family on the core's machinery: each member is "which mask, which scale, which fill".
+
+Channel dropout and drop-path are Bernoulli dropout with a mask shared along
+axes; alpha dropout adds an affine correction; Gaussian dropout multiplies by
+normal noise; DropBlock grows Bernoulli seeds into blocks; DropConnect drops
+weights. All of them draw from the same generator and share the one derivative
+of `_core.noise_op`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _validate as check
+from ._core import forward_mode_hint, noise_op
+from ._dropout import check_common, compute_dtype, dropout, require_key, run_bernoulli
+from ._keys import mask_words
+from ._mask import drop_threshold, keep_mask, standard_normal
+
+
+def _batch_and_channel(x, batch_axis, channel_axis) -> tuple[int | None, int]:
+  channel = check.axes(channel_axis, x.ndim, "channel_axis")
+  if len(channel) != 1:
+    raise TypeError(f"channel_axis must be one integer axis, got {channel_axis!r}")
+  if batch_axis is None:
+    return None, channel[0]
+  batch = check.axes(batch_axis, x.ndim, "batch_axis")
+  if len(batch) != 1:
+    raise TypeError(f"batch_axis must be one integer axis or None, got {batch_axis!r}")
+  if batch == channel:
+    raise ValueError(f"batch_axis and channel_axis must differ, got batch_axis={batch_axis!r} "
+                     f"and channel_axis={channel_axis!r} for an array of {x.ndim} dimensions")
+  return batch[0], channel[0]
+
+
+def _all_but(ndim: int, *keep: int | None) -> tuple[int, ...]:
+  return tuple(axis for axis in range(ndim) if axis not in keep)
+
+
+def channel_dropout(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    *,
+    channel_axis: int = -1,
+    batch_axis: int | None = 0,
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""Drops whole feature maps: one keep decision per (example, channel).
+
+  With :math:`m_{n,c} \sim \mathrm{Bernoulli}(1 - \text{rate})`,
+
+  .. math::
+
+     y_{n, \ldots, c} = x_{n, \ldots, c} \, m_{n,c} / (1 - \text{rate}),
+
+  the mask shared over every axis but the batch and channel axes (PyTorch's
+  ``dropout1d/2d/3d``, Keras' ``SpatialDropout``). Channels-last by default;
+  ``channel_axis=1`` for NCHW. The derivative is the same mask and scale applied
+  to the incoming gradient.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: a floating array with a batch axis (unless ``batch_axis=None``) and a channel axis.
+    rate: the probability of DROPPING each feature map, in [0, 1]; may be traced.
+    channel_axis: the channel axis (default -1, channels last).
+    batch_axis: the batch axis (default 0), or None for an unbatched input.
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.channel_dropout(jax.random.key(0), jnp.ones((2, 4, 4, 8)), 0.5)
+    >>> maps = y.reshape(2, 16, 8)          # (example, pixel, channel)
+    >>> bool(jnp.all(maps.min(1) == maps.max(1)))   # each map is all 0 or all 2
+    True
+
+  References:
+    Tompson, Goroshin, Jain, LeCun and Bregler, "Efficient object localization
+    using convolutional networks", CVPR (2015).
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
+  return run_bernoulli("channel_dropout", key, x, rate, rate_value, deterministic,
+                       shared_axes=_all_but(x.ndim, batch, channel), kind="inverted",
+                       recompute=recompute, autodiff=autodiff)
+
+
+def alpha_dropout(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    *,
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""Dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
+
+  Dropped units are set to SELU's saturation value :math:`\alpha' = -\lambda\alpha
+  \approx -1.7581` instead of 0, then an affine map restores the moments. With keep
+  probability :math:`q = 1 - \text{rate}` and :math:`m_i \sim \mathrm{Bernoulli}(q)`,
+
+  .. math::
+
+     a = \left(q\,(1 + (1 - q)\,\alpha'^2)\right)^{-1/2}, \qquad
+     b = -a\,\alpha'\,(1 - q), \qquad
+     y_i = a\,(x_i m_i + \alpha' (1 - m_i)) + b,
+
+  so that standard normal input gives output of mean 0 and variance 1. The
+  derivative is :math:`\partial x_i = g_i\, a\, m_i`. At ``rate=1`` the output is
+  exact zeros (the limit of :math:`a \alpha' + b`).
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: a floating array.
+    rate: the probability of DROPPING each unit, in [0, 1]; may be traced.
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> x = jax.random.normal(jax.random.key(1), (1000, 1000))
+    >>> y = jaxdrop.alpha_dropout(jax.random.key(0), x, 0.2)
+    >>> print(f"{abs(float(y.mean())):.2f} {float(y.std()):.2f}")
+    0.00 1.00
+
+  References:
+    Klambauer, Unterthiner, Mayr and Hochreiter, "Self-normalizing neural
+    networks", NeurIPS (2017).
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  return run_bernoulli("alpha_dropout", key, x, rate, rate_value, deterministic, shared_axes=(),
+                       kind="alpha", recompute=recompute, autodiff=autodiff)
+
+
+def feature_alpha_dropout(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    *,
+    channel_axis: int = -1,
+    batch_axis: int | None = 0,
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""Alpha dropout of whole feature maps: `alpha_dropout` with `channel_dropout`'s mask.
+
+  .. math::
+
+     y_{n, \ldots, c} = a\,(x_{n, \ldots, c}\, m_{n,c} + \alpha' (1 - m_{n,c})) + b
+
+  with `a`, `b` and :math:`\alpha'` as in `alpha_dropout` and one keep decision
+  per (example, channel). The derivative is :math:`g\, a\, m`.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: a floating array with a batch axis (unless ``batch_axis=None``) and a channel axis.
+    rate: the probability of DROPPING each feature map, in [0, 1]; may be traced.
+    channel_axis, batch_axis: as for `channel_dropout`.
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.feature_alpha_dropout(jax.random.key(0), jnp.zeros((4, 3, 5)), 0.5)
+    >>> bool(jnp.all(y.min(1) == y.max(1)))   # one value per (example, channel)
+    True
+
+  References:
+    Klambauer, Unterthiner, Mayr and Hochreiter, "Self-normalizing neural
+    networks", NeurIPS (2017).
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
+  return run_bernoulli("feature_alpha_dropout", key, x, rate, rate_value, deterministic,
+                       shared_axes=_all_but(x.ndim, batch, channel), kind="alpha",
+                       recompute=recompute, autodiff=autodiff)
+
+
+def drop_path(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    *,
+    batch_axis: int = 0,
+    mode: Literal["row", "batch"] = "row",
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""Stochastic depth: drops a residual branch whole, per example or for the whole batch.
+
+  Apply it to the branch before the residual sum, ``x + drop_path(key, f(x), rate)``.
+  With ``mode="row"`` each example :math:`n` keeps its branch with probability
+  :math:`1 - \text{rate}`,
+
+  .. math::
+
+     y_n = f(x)_n \, m_n / (1 - \text{rate}), \qquad m_n \sim \mathrm{Bernoulli}(1 - \text{rate});
+
+  with ``mode="batch"`` one decision drops or keeps the branch for the whole
+  batch (torchvision's ``stochastic_depth`` modes). Survivors are scaled by
+  1/keep. The derivative is the same mask and scale applied to the gradient.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: the residual branch's output, a floating array with a batch axis.
+    rate: the probability of DROPPING the branch, in [0, 1]; may be traced.
+    batch_axis: the batch axis (default 0); ignored for ``mode="batch"``.
+    mode: ``"row"`` (one decision per example) or ``"batch"`` (one for all).
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.drop_path(jax.random.key(0), jnp.ones((8, 5)), 0.5)
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+
+  References:
+    Huang, Sun, Liu, Sedra and Weinberger, "Deep networks with stochastic
+    depth", ECCV (2016).
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  mode = check.choice(mode, ("row", "batch"), "mode")
+  if x.ndim == 0:
+    raise ValueError("drop_path needs an array with a batch axis, got a scalar x")
+  batch = check.axes(batch_axis, x.ndim, "batch_axis")
+  if len(batch) != 1:
+    raise TypeError(f"batch_axis must be one integer axis, got {batch_axis!r}")
+  shared = _all_but(x.ndim, batch[0]) if mode == "row" else tuple(range(x.ndim))
+  return run_bernoulli("drop_path", key, x, rate, rate_value, deterministic, shared_axes=shared,
+                       kind="inverted", recompute=recompute, autodiff=autodiff)
+
+
+def _gaussian_draw(words, shape, sigma, any_kept):
+  return any_kept, 1 + sigma * standard_normal(words, shape)
+
+
+@functools.partial(jax.jit, static_argnames=("recompute", "autodiff"))
+def _gaussian(key, x, rate, deterministic, *, recompute, autodiff):
+  rate = jnp.asarray(rate, compute_dtype(x.dtype))
+  any_kept = rate < 1
+  valid = (rate >= 0) & (rate <= 1)
+  sigma = jnp.sqrt(rate / jnp.where(any_kept, 1 - rate, 1))
+  sigma = jnp.where(deterministic, 0, jnp.where(any_kept, sigma, 0))
+  # A traced rate outside [0, 1] keeps every unit with NaN noise: a loud output.
+  sigma = jnp.where(valid, sigma, jnp.nan).astype(jnp.float32)
+  return noise_op(mask_words(key), x, (sigma, any_kept | deterministic | ~valid),
+                  draw=_gaussian_draw, mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
+
+
+def gaussian_dropout(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    *,
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""Multiplicative Gaussian noise with the variance of Bernoulli dropout at `rate`.
+
+  .. math::
+
+     y_i = x_i\,(1 + \sigma \varepsilon_i), \qquad \varepsilon_i \sim \mathcal{N}(0, 1),
+     \qquad \sigma = \sqrt{\text{rate} / (1 - \text{rate})},
+
+  so :math:`\mathbb{E}[y] = x` and the noise has the variance of inverted dropout's
+  :math:`m / (1 - \text{rate})`. The derivative is :math:`\partial x = g\,(1 + \sigma\varepsilon)`
+  with the same noise. ``rate=1`` (infinite variance) gives exact zeros, the limit
+  the rest of the family shares. The normal noise is the inverse normal CDF of
+  24-bit uniforms from jaxdrop's generator, so it is bounded by about 5.4σ.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: a floating array.
+    rate: in [0, 1]; the noise variance is rate / (1 - rate). May be traced.
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute: True keeps only the key for the backward pass; False keeps the
+      noise (4 bytes per element).
+    autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.gaussian_dropout(jax.random.key(0), jnp.ones(100_000), 0.5)
+    >>> print(f"{float(y.mean()):.2f} {float(y.var()):.2f}")
+    1.00 1.00
+
+  References:
+    Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout: a
+    simple way to prevent neural networks from overfitting", JMLR 15 (2014), §10.
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  if deterministic is True or rate_value == 0.0:
+    return x
+  key = require_key("gaussian_dropout", key, rate, deterministic)
+  with forward_mode_hint("gaussian_dropout"):
+    return _gaussian(key, x, rate, deterministic, recompute=recompute, autodiff=autodiff)
+
+
+def _coverage(size: int, block: int) -> np.ndarray:
+  """How many valid block centres along one axis cover each position (centres keep blocks inside)."""
+  low, high = (block - 1) // 2, block // 2
+  p = np.arange(size)
+  first, last = np.maximum(p - high, low), np.minimum(p + low, size - 1 - high)
+  return np.maximum(last - first + 1, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockDraw:
+  """DropBlock's draw: Bernoulli seeds at valid centres, grown into blocks."""
+  block_size: int
+  spatial_axes: tuple[int, ...]
+
+  def _broadcast(self, vector, axis, ndim):
+    return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
+
+  def __call__(self, words, shape, t, any_kept, gamma):
+    ndim, b = len(shape), self.block_size
+    low, high = (b - 1) // 2, b // 2
+    seeds = ~keep_mask(words, shape, t, True)
+    coverage = np.ones((1,) * ndim, np.float32)
+    for axis in self.spatial_axes:
+      p = np.arange(shape[axis])
+      seeds = seeds & self._broadcast((p >= low) & (p <= shape[axis] - 1 - high), axis, ndim)
+      coverage = coverage * self._broadcast(_coverage(shape[axis], b).astype(np.float32), axis, ndim)
+    window = tuple(b if axis in self.spatial_axes else 1 for axis in range(ndim))
+    padding = tuple((high, low) if axis in self.spatial_axes else (0, 0) for axis in range(ndim))
+    dropped = jax.lax.reduce_window(seeds, False, jax.lax.bitwise_or, window, (1,) * ndim, padding)
+    # Position p is kept with probability (1 - gamma) ** coverage(p): scale each one by its inverse.
+    p_keep = jnp.exp(coverage * jnp.log1p(-gamma))
+    scale = jnp.where(p_keep == 0, 0, 1 / jnp.where(p_keep == 0, 1, p_keep))  # NaN stays NaN
+    return ~dropped & any_kept, scale
+
+
+@functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff"))
+def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
+  rate = jnp.asarray(rate, jnp.float32)
+  spatial = [x.shape[axis] for axis in draw.spatial_axes]
+  b = draw.block_size
+  ratio = math.prod(spatial) / math.prod(s - b + 1 for s in spatial) / b ** len(spatial)
+  gamma = jnp.clip(rate * ratio, 0, 1)
+  t, _, keep_seed = drop_threshold(gamma)
+  valid = (rate >= 0) & (rate <= 1)
+  # No seed when deterministic or when a traced rate is invalid; the latter makes gamma, and
+  # so every unit's scale, NaN: a loud output rather than a silently clipped rate.
+  t = jnp.where(deterministic | ~valid, jnp.uint32(0), t)
+  realised_gamma = jnp.where(deterministic, 0, jnp.where(valid, 1 - keep_seed, jnp.nan))
+  any_kept = (rate < 1) | deterministic | ~valid
+  return noise_op(mask_words(key), x, (t, any_kept, realised_gamma), draw=draw, mask_shape=x.shape,
+                  recompute=recompute, autodiff=autodiff)
+
+
+def drop_block(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    block_size: int,
+    *,
+    spatial_axes: Sequence[int] = (1, 2),
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""DropBlock: drops contiguous ``block_size`` × ``block_size`` regions of each feature map.
+
+  Seeds are drawn with the paper's probability, only at centres whose block lies
+  inside the map,
+
+  .. math::
+
+     \gamma = \frac{\text{rate}}{b^2} \cdot \frac{H W}{(H - b + 1)(W - b + 1)},
+
+  and every seed drops the :math:`b \times b` block around it (a max-pool of the
+  seeds). Each example and channel gets its own blocks (NHWC by default). The
+  output is renormalised so that :math:`\mathbb{E}[y] = x` holds exactly at every
+  position: a position covered by :math:`n_p` possible block centres is kept with
+  probability :math:`(1 - \gamma)^{n_p}` and scaled by its inverse. (The paper
+  renormalises by the realised count of kept units instead; the per-position factor
+  is unbiased everywhere, needs no reduction across the array, and so costs no
+  collective on sharded arrays.) Because blocks overlap, the dropped fraction is a
+  little below `rate` (0.094 expected for rate 0.1, b = 7 on a 32 × 32 map).
+  The derivative is the same mask and scale applied to the gradient. More or fewer
+  spatial axes work too (a 1-D signal, a 3-D volume), with blocks of
+  :math:`b^k` and :math:`\gamma` adjusted the same way.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: a floating array, NHWC by default.
+    rate: the target fraction of units to drop, in [0, 1]; may be traced.
+    block_size: the block's side, at least 1 and at most every spatial size.
+    spatial_axes: the axes the blocks span (default (1, 2), NHWC; (2, 3) for NCHW).
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.drop_block(jax.random.key(0), jnp.ones((1, 32, 32, 1)), 0.1, 5)
+    >>> dropped = float((y == 0).mean())
+    >>> 0.0 < dropped < 0.2
+    True
+
+  References:
+    Ghiasi, Lin and Le, "DropBlock: a regularization method for convolutional
+    networks", NeurIPS (2018).
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  axes = check.axes(spatial_axes, x.ndim, "spatial_axes")
+  if not axes:
+    raise ValueError(f"spatial_axes must name at least one axis, got {spatial_axes!r}")
+  if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
+    raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
+  smallest = min(x.shape[axis] for axis in axes)
+  if not 1 <= block_size <= smallest:
+    raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
+                     f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}")
+  if deterministic is True or rate_value == 0.0:
+    return x
+  key = require_key("drop_block", key, rate, deterministic)
+  with forward_mode_hint("drop_block"):
+    return _drop_block(key, x, rate, deterministic, draw=_BlockDraw(int(block_size), axes),
+                       recompute=recompute, autodiff=autodiff)
+
+
+def drop_connect(
+    key: jax.Array | None,
+    params: Any,
+    rate: ArrayLike,
+    *,
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> Any:
+  r"""DropConnect: drops individual weights, one independent mask per leaf of a pytree.
+
+  For every floating leaf :math:`W` of `params`,
+
+  .. math::
+
+     \tilde W = W \odot M / (1 - \text{rate}), \qquad M_{ij} \sim \mathrm{Bernoulli}(1 - \text{rate}),
+
+  each leaf with its own key, ``jax.random.fold_in(key, leaf_index)``. Survivors
+  are scaled by 1/keep (inverted, as weight-dropped RNNs do), so evaluation uses
+  the weights unchanged. The derivative with respect to each weight is the same
+  mask and scale applied to its gradient. Call it inside the loss, on the
+  parameters, so that the optimiser updates the undropped weights.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    params: a floating array or a pytree of floating arrays.
+    rate: the probability of DROPPING each weight, in [0, 1]; may be traced.
+    deterministic: if True, returns `params` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    A pytree of the structure, shapes and dtypes of `params`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> params = {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}
+    >>> dropped = jaxdrop.drop_connect(jax.random.key(0), params, 0.5)
+    >>> bool(jnp.any(dropped["w1"] != dropped["w2"]))   # independent masks per leaf
+    True
+
+  References:
+    Wan, Zeiler, Zhang, LeCun and Fergus, "Regularization of neural networks
+    using DropConnect", ICML (2013).
+  """
+  rate_value = check.probability(rate, "rate")
+  deterministic = check.flag(deterministic, "deterministic")
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  for path, leaf in leaves:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at "
+                      f"params{jax.tree_util.keystr(path)}")
+  if deterministic is True or rate_value == 0.0:
+    return params
+  key = require_key("drop_connect", key, rate, deterministic)
+  out = [dropout(jax.random.fold_in(key, i), leaf, rate, deterministic=deterministic,
+                 recompute=recompute, autodiff=autodiff)
+         for i, (_, leaf) in enumerate(leaves)]
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,120 @@
+"""Locked (variational) dropout: draw one mask, apply it at every step of a recurrent loop."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _validate as check
+from ._core import noise_op
+from ._dropout import AUTODIFF_MODES, bernoulli_scalars, require_key
+from ._keys import mask_words
+from ._mask import keep_mask
+
+
+class DropoutMask(NamedTuple):
+  """A drawn dropout mask: `keep` (bool) and the `scale` of kept units. A pytree."""
+  keep: jax.Array
+  scale: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "inverted"))
+def _make_mask(key, rate, *, shape, inverted):
+  rate = jnp.asarray(rate, jnp.float32)
+  (t, any_kept, scale), _ = bernoulli_scalars(rate, jnp.bool_(False), "inverted" if inverted else "classic")
+  return DropoutMask(keep_mask(mask_words(key), shape, t, any_kept), scale)
+
+
+def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
+              inverted: bool = True) -> DropoutMask:
+  r"""Draws a dropout mask once, to reuse at every step of a loop (locked dropout).
+
+  :math:`m \sim \mathrm{Bernoulli}(1 - \text{rate})` of the given shape, with
+  the scale of kept units (1/keep when `inverted`, else 1). Give the shape
+  size-1 axes where the mask is shared, e.g. ``(batch, features)`` for a
+  recurrent state: apply it with `apply_mask` inside a `jax.lax.scan` and every
+  time step sees the same mask (Gal & Ghahramani's variational RNN dropout).
+  `jaxdrop.dropout` with ``broadcast_dims`` over the time axis gives the same
+  effect on a whole ``[batch, time, features]`` sequence at once.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    shape: the mask's shape; it must broadcast against what it is applied to.
+    rate: the probability of DROPPING each unit, in [0, 1]; may be traced.
+    inverted: scale kept units by 1/(1 - rate) (True) or not at all (False).
+
+  Returns:
+    A `DropoutMask` (``keep``: bool array of `shape`, ``scale``: float32 scalar).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> mask = jaxdrop.make_mask(jax.random.key(0), (2, 6), 0.5)
+    >>> def step(h, x):
+    ...     h = jnp.tanh(x + jaxdrop.apply_mask(mask, h))
+    ...     return h, h
+    >>> _, hs = jax.lax.scan(step, jnp.ones((2, 6)), jnp.ones((5, 2, 6)))
+    >>> hs.shape
+    (5, 2, 6)
+
+  References:
+    Gal and Ghahramani, "A theoretically grounded application of dropout in
+    recurrent neural networks", NeurIPS (2016).
+  """
+  try:
+    shape = tuple(int(d) for d in shape)
+  except TypeError as err:
+    raise TypeError(f"shape must be a sequence of integers, got {shape!r}") from err
+  if any(d < 0 for d in shape):
+    raise ValueError(f"shape must hold non-negative sizes, got {shape!r}")
+  rate_value = check.probability(rate, "rate")
+  inverted = check.static_bool(inverted, "inverted")
+  if rate_value == 0.0:
+    return DropoutMask(jnp.ones(shape, bool), jnp.ones((), jnp.float32))
+  key = require_key("make_mask", key, rate, False)
+  return _make_mask(key, rate, shape=shape, inverted=inverted)
+
+
+def _given(words, shape, keep, scale):
+  del words, shape
+  return keep, scale
+
+
+def apply_mask(mask: DropoutMask, x: ArrayLike, *,
+               autodiff: Literal["vjp", "jvp"] = "vjp") -> jax.Array:
+  r"""Applies a mask from `make_mask`: :math:`y = x \cdot m \cdot \text{scale}`, exact zeros where dropped.
+
+  The derivative is the family's one rule, :math:`\partial x = g \cdot m \cdot
+  \text{scale}`; the mask itself gets no gradient. The backward pass keeps the
+  mask you already hold, nothing per step.
+
+  Args:
+    mask: a `DropoutMask` from `make_mask`, broadcastable against `x` with the same rank.
+    x: a floating array.
+    autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> mask = jaxdrop.make_mask(jax.random.key(0), (1, 4), 0.5)
+    >>> jaxdrop.apply_mask(mask, jnp.ones((3, 4))).shape
+    (3, 4)
+  """
+  if not isinstance(mask, DropoutMask):
+    raise TypeError(f"mask must be a DropoutMask from jaxdrop.make_mask, got {type(mask).__name__}")
+  x = check.float_array(x, "x")
+  autodiff = check.choice(autodiff, AUTODIFF_MODES, "autodiff")
+  keep = jnp.asarray(mask.keep)
+  if keep.dtype != np.bool_ or keep.ndim != x.ndim or any(
+      m not in (1, d) for m, d in zip(keep.shape, x.shape)):
+    raise ValueError(f"mask of shape {keep.shape} ({keep.dtype}) does not broadcast against x of "
+                     f"shape {x.shape} at the same rank")
+  return noise_op(None, x, (keep, jnp.asarray(mask.scale)), draw=_given, mask_shape=keep.shape,
+                  recompute=False, autodiff=autodiff)
