@@ -106,6 +106,18 @@ class TestSharedContract:
     np.testing.assert_allclose(tangent, f(cot) - f(jnp.zeros_like(x)), rtol=1e-6, atol=1e-6)
 
   @pytest.mark.parametrize("name", MEMBERS)
+  @pytest.mark.parametrize("recompute", [True, False])
+  def test_backward_residuals(self, name, recompute):
+    # recompute=True keeps the key words and scalars only; False keeps the noise: a 1-byte mask
+    # (Gaussian: its float32 multiplier; DropBlock: the mask plus a per-position scale).
+    x = jnp.ones((8, 32, 32, 4))
+    _, vjp = jax.vjp(lambda x: MEMBERS[name](KEY, x, 0.3, recompute=recompute), x)
+    per_element = sum(leaf.nbytes for leaf in jax.tree.leaves(vjp)) / x.size
+    limit = {"gaussian_dropout": 4.0, "drop_block": 1 + 4 * 32 * 32 / x.size}.get(name, 1.0)
+    limit = 0.01 if recompute else limit + 0.01
+    assert per_element <= limit, per_element
+
+  @pytest.mark.parametrize("name", MEMBERS)
   def test_vmap_over_keys_equals_loop(self, name):
     keys = jax.random.split(KEY, 3)
     xs = jnp.stack([_x(seed=s) for s in range(3)])
