@@ -5,7 +5,7 @@ for the Bernoulli members, selects:
 
     y = where(keep, x * mult + shift, fill)
 
-where ``draw(words, mask_shape, *params) -> (keep, mult)`` says which units are
+where ``draw(words, layout, *params) -> (keep, mult)`` says which units are
 kept (a boolean array broadcast against `x`, or None for "all") and by what
 they are multiplied (a scalar, or an array such as Gaussian noise), and the
 optional ``affine = (shift, fill)`` serves alpha dropout. Whatever the member,
@@ -34,6 +34,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ._mask import mask_layout
+
 
 def apply_noise(keep, mult, v, affine=None):
   """``where(keep, v * mult + shift, fill)``; without `affine`, shift and fill are 0."""
@@ -47,25 +49,25 @@ def apply_noise(keep, mult, v, affine=None):
   return out if keep is None else jnp.where(keep, out, fill)
 
 
-def _draw_and_apply(draw, mask_shape, words, params, v, affine=None):
-  keep, mult = draw(words, mask_shape, *params)
+def _draw_and_apply(draw, layout, words, params, v, affine=None):
+  keep, mult = draw(words, layout, *params)
   return apply_noise(keep, mult, v, affine)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _op_vjp(draw, mask_shape, recompute, words, x, params, affine):
+def _op_vjp(draw, layout, recompute, words, x, params, affine):
   del recompute
-  return _draw_and_apply(draw, mask_shape, words, params, x, affine)
+  return _draw_and_apply(draw, layout, words, params, x, affine)
 
 
-def _op_vjp_fwd(draw, mask_shape, recompute, words, x, params, affine):
-  keep, mult = draw(words, mask_shape, *params)
+def _op_vjp_fwd(draw, layout, recompute, words, x, params, affine):
+  keep, mult = draw(words, layout, *params)
   residuals = (words, params) if recompute else (keep, mult)
   return apply_noise(keep, mult, x, affine), residuals
 
 
-def _op_vjp_bwd(draw, mask_shape, recompute, residuals, g):
-  keep, mult = draw(residuals[0], mask_shape, *residuals[1]) if recompute else residuals
+def _op_vjp_bwd(draw, layout, recompute, residuals, g):
+  keep, mult = draw(residuals[0], layout, *residuals[1]) if recompute else residuals
   # The key words and the parameters (functions of the rate) get no gradient.
   return None, apply_noise(keep, mult, g), None, None
 
@@ -74,20 +76,20 @@ _op_vjp.defvjp(_op_vjp_fwd, _op_vjp_bwd)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _op_jvp(draw, mask_shape, recompute, words, x, params, affine):
+def _op_jvp(draw, layout, recompute, words, x, params, affine):
   del recompute
-  return _draw_and_apply(draw, mask_shape, words, params, x, affine)
+  return _draw_and_apply(draw, layout, words, params, x, affine)
 
 
 @_op_jvp.defjvp
-def _op_jvp_rule(draw, mask_shape, recompute, primals, tangents):
+def _op_jvp_rule(draw, layout, recompute, primals, tangents):
   words, x, params, affine = primals
   x_dot = tangents[1]
-  keep, mult = draw(words, mask_shape, *params)
+  keep, mult = draw(words, layout, *params)
   # The tangent map sits under jax.checkpoint so that reverse mode keeps only its
   # inputs (the noise, or the key words) and not the zeros that `where` broadcasts.
   if recompute:
-    y_dot = jax.checkpoint(functools.partial(_draw_and_apply, draw, mask_shape))(words, params, x_dot)
+    y_dot = jax.checkpoint(functools.partial(_draw_and_apply, draw, layout))(words, params, x_dot)
   else:
     y_dot = jax.checkpoint(apply_noise)(keep, mult, x_dot)
   return apply_noise(keep, mult, x, affine), y_dot
@@ -96,11 +98,12 @@ def _op_jvp_rule(draw, mask_shape, recompute, primals, tangents):
 def noise_op(words, x, params, *, draw, mask_shape, recompute, autodiff, affine=None):
   """``where(keep, x * mult + shift, fill)`` with noise from `draw`, differentiated by hand.
 
-  `draw` must be hashable (a module-level function or a frozen dataclass): it is a
-  static argument of the custom derivative.
+  `draw(words, layout, *params)` gets the mask's `MaskLayout` (its shape, and how `x` is
+  sharded over explicit mesh axes). It must be hashable (a module-level function or a
+  frozen dataclass): it is a static argument of the custom derivative.
   """
   op = _op_vjp if autodiff == "vjp" else _op_jvp
-  return op(draw, mask_shape, recompute, words, x, params, affine)
+  return op(draw, mask_layout(x, mask_shape), recompute, words, x, params, affine)
 
 
 # JAX's own message when forward mode meets a custom_vjp (pinned by a test).

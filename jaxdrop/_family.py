@@ -262,8 +262,8 @@ def drop_path(
                        kind="inverted", recompute=recompute, autodiff=autodiff)
 
 
-def _gaussian_draw(words, shape, sigma, any_kept):
-  return any_kept, 1 + sigma * standard_normal(words, shape)
+def _gaussian_draw(words, layout, sigma, any_kept):
+  return any_kept, 1 + sigma * standard_normal(words, layout)
 
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff"))
@@ -349,10 +349,11 @@ class _BlockDraw:
   def _broadcast(self, vector, axis, ndim):
     return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
 
-  def __call__(self, words, shape, t, any_kept, gamma):
+  def __call__(self, words, layout, t, any_kept, gamma):
+    shape = layout.shape
     ndim, b = len(shape), self.block_size
     low, high = (b - 1) // 2, b // 2
-    seeds = ~keep_mask(words, shape, t, True)
+    seeds = ~keep_mask(words, layout, t, True)
     coverage = np.ones((1,) * ndim, np.float32)
     for axis in self.spatial_axes:
       p = np.arange(shape[axis])

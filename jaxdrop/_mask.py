@@ -20,11 +20,13 @@ is ``t / 2**32``.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtri
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ._keys import threefry2x32
 
@@ -43,21 +45,64 @@ def _finalise(v: jax.Array, salt: jax.Array) -> jax.Array:
   return v ^ (v >> 16)
 
 
-def random_bits(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """uint32 random bits of `shape`, a pure function of `words` (uint32[2]) and each index."""
+class MaskLayout(NamedTuple):
+  """A mask's shape and, on a mesh with explicit axes, the mesh axes sharding each of its axes.
+
+  With `spec`, the counters are created sharded like `x`, so that each device draws only
+  its own part of the mask (by default explicit-axes JAX would build them whole on every
+  device); with auto axes XLA's partitioner does this by itself.
+  """
+  shape: tuple[int, ...]
+  spec: tuple[Any, ...] | None = None
+  mesh: Any = None
+
+
+def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
+  """The layout of a mask of `shape` (x's shape with size-1 shared axes) drawn for `x`."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty:
+    return MaskLayout(shape)
+  explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+              if kind == jax.sharding.AxisType.Explicit}
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+
+  def explicit_only(entry, shared):
+    names = () if entry is None or shared else entry if isinstance(entry, tuple) else (entry,)
+    names = tuple(name for name in names if name in explicit)
+    return None if not names else names[0] if len(names) == 1 else names
+
+  entries = tuple(explicit_only(spec[a], shape[a] != x.shape[a]) for a in range(len(shape)))
+  if all(entry is None for entry in entries):
+    return MaskLayout(shape)
+  return MaskLayout(shape, entries, mesh)
+
+
+def _iota(layout: MaskLayout, shape, dimension, axes):
+  """A uint32 iota, sharded (when the layout says so) along the layout's `axes`."""
+  if layout.spec is None:
+    return jax.lax.broadcasted_iota(jnp.uint32, shape, dimension)
+  spec = P(*(layout.spec[a] if a in axes else None for a in range(len(shape))))
+  return jax.lax.broadcasted_iota(jnp.uint32, shape, dimension,
+                                  out_sharding=NamedSharding(layout.mesh, spec))
+
+
+def random_bits(words: jax.Array, layout: MaskLayout) -> jax.Array:
+  """uint32 random bits of ``layout.shape``, a pure function of `words` (uint32[2]) and each index."""
+  shape = layout.shape
   if not shape:
-    return random_bits(words, (1,)).reshape(())
+    return random_bits(words, MaskLayout((1,))).reshape(())
   *lead, last = shape
   if math.prod(lead) >= 2**32 or last >= 2**32:
     raise ValueError(f"jaxdrop masks support axes of fewer than 2**32 rows and columns, got shape {shape}")
-  rows = (*lead, 1)
-  row = jnp.zeros(rows, jnp.uint32)
+  rows, leading = (*lead, 1), range(len(lead))
+  row = _iota(layout, rows, len(lead), leading)  # zeros, sharded like the rows
   stride = 1
-  for axis in reversed(range(len(lead))):
-    row = row + jax.lax.broadcasted_iota(jnp.uint32, rows, axis) * np.uint32(stride)
+  for axis in reversed(leading):
+    row = row + _iota(layout, rows, axis, leading) * np.uint32(stride)
     stride *= lead[axis]
   seed, salt = threefry2x32(words[0], words[1], row, jnp.zeros_like(row))
-  column = jax.lax.broadcasted_iota(jnp.uint32, (1,) * len(lead) + (last,), len(lead))
+  column = _iota(layout, (1,) * len(lead) + (last,), len(lead), (len(lead),))
   return _finalise(seed + column, salt)
 
 
@@ -77,24 +122,35 @@ def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return t.astype(jnp.uint32), any_kept, keep
 
 
-def keep_mask(words, shape, t, any_kept) -> jax.Array:
-  """Boolean keep mask of `shape`: True where the element is kept.
+def keep_mask(words, layout: MaskLayout, t, any_kept) -> jax.Array:
+  """Boolean keep mask of ``layout.shape``: True where the element is kept.
 
   The comparison is signed (bits and threshold both offset by 2**31), which
   vectorises to one instruction where an unsigned one takes three.
   """
-  bits = jax.lax.bitcast_convert_type(random_bits(words, shape), jnp.int32)
+  bits = jax.lax.bitcast_convert_type(random_bits(words, layout), jnp.int32)
   threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
   return (bits >= threshold) & any_kept
 
 
-def bernoulli(words, shape, t, any_kept, scale):
-  """The draw of plain dropout: a Bernoulli keep mask of `shape` and one scale."""
-  return keep_mask(words, shape, t, any_kept), scale
+def bernoulli(words, layout: MaskLayout, t, any_kept, scale):
+  """The draw of plain dropout: a Bernoulli keep mask and one scale."""
+  return keep_mask(words, layout, t, any_kept), scale
 
 
-def standard_normal(words, shape) -> jax.Array:
-  """float32 N(0, 1) noise of `shape`: the inverse normal CDF of 24-bit uniforms in (0, 1)."""
-  bits = random_bits(words, shape)
-  uniform = ((bits >> 8).astype(jnp.float32) + 0.5) * np.float32(2.0**-24)
-  return ndtri(uniform)
+def standard_normal(words, layout: MaskLayout) -> jax.Array:
+  """float32 N(0, 1) noise of ``layout.shape``: the inverse normal CDF of 24-bit uniforms in (0, 1).
+
+  Written with `lax.erf_inv`, an elementwise primitive, so it keeps any sharding.
+  """
+  return normal_from_bits(random_bits(words, layout))
+
+
+def normal_from_bits(bits: jax.Array) -> jax.Array:
+  """N(0, 1) from uint32 bits: sqrt(2) erf^-1(2u - 1), u = (k + 1/2) / 2**24 for the top 24 bits k.
+
+  ``2u - 1`` is exact in float32 and never reaches -1 or 1, so the noise is finite and
+  symmetric, within about ±5.42. (``ndtri(u)`` would round the top u to 1 and return inf.)
+  """
+  symmetric = (bits >> 8).astype(jnp.float32) * np.float32(2.0**-23) + np.float32(2.0**-24 - 1)
+  return np.float32(np.sqrt(2)) * jax.lax.erf_inv(symmetric)

@@ -222,6 +222,14 @@ class TestGaussianDropout:
     within = np.mean(np.abs(noise - 1) < math.sqrt(var))  # P(|N(0,1)| < 1) = 0.6827
     assert abs(within - 0.682689) <= _binomial_bound(n, 0.682689) / n
 
+  def test_noise_is_finite_and_symmetric_at_the_extreme_bits(self):
+    from jaxdrop._mask import normal_from_bits
+    bits = jnp.array([0, 255, 256, 2**31, 2**32 - 257, 2**32 - 1], jnp.uint32)
+    z = np.asarray(normal_from_bits(bits))
+    assert np.all(np.isfinite(z)) and 5.4 < z[-1] < 5.5
+    np.testing.assert_allclose([z[0], z[2]], [-z[5], -z[4]], rtol=1e-6)  # k and 2**24 - 1 - k mirror
+    assert z[0] == z[1] and abs(z[3]) < 1e-6  # only the top 24 bits count; the middle is 0
+
   def test_gradient_is_g_times_the_same_noise(self):
     x = _x()
     noise = jaxdrop.gaussian_dropout(KEY, jnp.ones(SHAPE), 0.4)
