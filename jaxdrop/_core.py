@@ -95,15 +95,19 @@ def _op_jvp_rule(draw, layout, recompute, primals, tangents):
   return apply_noise(keep, mult, x, affine), y_dot
 
 
-def noise_op(words, x, params, *, draw, mask_shape, recompute, autodiff, affine=None):
+def noise_op(source, x, params, *, draw, mask_shape, recompute, autodiff, affine=None,
+             global_shape=None):
   """``where(keep, x * mult + shift, fill)`` with noise from `draw`, differentiated by hand.
 
-  `draw(words, layout, *params)` gets the mask's `MaskLayout` (its shape, and how `x` is
-  sharded over explicit mesh axes). It must be hashable (a module-level function or a
-  frozen dataclass): it is a static argument of the custom derivative.
+  `draw(source, layout, *params)` gets the `MaskSource` (key words, block offsets) and
+  the mask's `MaskLayout` (its shape, how `x` is sharded over explicit mesh axes, and the
+  global mask shape when `x` is a block of a larger array). It must be hashable (a
+  module-level function or a frozen dataclass): it is a static argument of the custom
+  derivative.
   """
+  layout = mask_layout(x, mask_shape)._replace(global_shape=global_shape)
   op = _op_vjp if autodiff == "vjp" else _op_jvp
-  return op(draw, mask_layout(x, mask_shape), recompute, words, x, params, affine)
+  return op(draw, layout, recompute, source, x, params, affine)
 
 
 # JAX's own message when forward mode meets a custom_vjp (pinned by a test).

@@ -13,7 +13,7 @@ from jax.typing import ArrayLike
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
 from ._keys import as_typed_key, mask_words
-from ._mask import bernoulli, drop_threshold
+from ._mask import MaskSource, bernoulli, drop_threshold
 
 AUTODIFF_MODES = ("vjp", "jvp")
 BERNOULLI_KINDS = ("inverted", "classic", "alpha")
@@ -62,13 +62,43 @@ def bernoulli_scalars(rate: jax.Array, deterministic: jax.Array, kind: str):
   return (t, any_kept, mult), affine
 
 
-@functools.partial(jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff"))
-def _bernoulli_dropout(key, x, rate, deterministic, *, shared_axes, kind, recompute, autodiff):
+def block_position(shard_spec, shape, shared_axes):
+  """Inside `shard_map`: this block's offset along each axis, and the global mask shape.
+
+  `shard_spec` is how the global array is split over the enclosing shard_map's mesh
+  axes (its entry of ``in_specs``); block ``i`` of an axis split into ``n`` starts at
+  ``i * local_size``, the index running over the named mesh axes in order.
+  """
+  entries = tuple(shard_spec) + (None,) * (len(shape) - len(shard_spec))
+  offsets, global_shape = [], []
+  for axis, (entry, size) in enumerate(zip(entries, shape)):
+    names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+    index, count = 0, 1
+    for name in names:
+      try:
+        n = jax.lax.axis_size(name)
+      except NameError as err:
+        raise ValueError(f"shard_spec={shard_spec!r} names mesh axis {name!r}, which is not an "
+                         "axis of an enclosing shard_map") from err
+      index, count = index * n + jax.lax.axis_index(name), count * n
+    shared = axis in shared_axes
+    offsets.append(jnp.asarray(0 if shared else index * size, jnp.uint32))
+    global_shape.append(1 if shared else size * count)
+  return tuple(offsets), tuple(global_shape)
+
+
+@functools.partial(jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff",
+                                             "shard_spec"))
+def _bernoulli_dropout(key, x, rate, deterministic, *, shared_axes, kind, recompute, autodiff,
+                       shard_spec):
   rate = jnp.asarray(rate, compute_dtype(x.dtype))
   params, affine = bernoulli_scalars(rate, deterministic, kind)
+  offsets, global_shape = (None, None) if shard_spec is None else block_position(
+      shard_spec, x.shape, shared_axes)
   return noise_op(
-      mask_words(key), x, params, draw=bernoulli, affine=affine,
-      mask_shape=check.mask_shape(x.shape, shared_axes), recompute=recompute, autodiff=autodiff)
+      MaskSource(mask_words(key), offsets), x, params, draw=bernoulli, affine=affine,
+      mask_shape=check.mask_shape(x.shape, shared_axes), recompute=recompute, autodiff=autodiff,
+      global_shape=global_shape)
 
 
 @jax.jit
@@ -95,8 +125,9 @@ def require_key(name: str, key, rate, deterministic) -> jax.Array:
 
 
 def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes, kind, recompute,
-                  autodiff):
+                  autodiff, shard_spec=None):
   """The path every Bernoulli member takes once its own arguments are checked."""
+  shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
   if deterministic is True:
     return _scale_by_keep(x, rate) if kind == "classic" else x
   if rate_value == 0.0:
@@ -104,7 +135,7 @@ def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes,
   key = require_key(name, key, rate, deterministic)
   with forward_mode_hint(name):
     return _bernoulli_dropout(key, x, rate, deterministic, shared_axes=shared_axes, kind=kind,
-                              recompute=recompute, autodiff=autodiff)
+                              recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
 def dropout(
@@ -117,6 +148,7 @@ def dropout(
     inverted: bool = True,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Randomly zeroes units of `x` with probability `rate` (the DROP probability).
 
@@ -162,6 +194,11 @@ def dropout(
       reverse). ``"jvp"`` registers it as a `jax.custom_jvp`, which also allows
       `jax.jvp`, `jax.jacfwd` and `jax.linearize`. Both give identical values
       and gradients and keep the same residuals.
+    shard_spec: only inside `jax.shard_map`, where `x` is one block of a global
+      array: that array's `PartitionSpec` (its entry of ``in_specs``). The block
+      then gets its slice of the global array's mask, the mask the same call on
+      the whole array draws, with no collective; without it every block would
+      draw the same local mask from the one key.
 
   Returns:
     An array with the shape and dtype of `x`.
@@ -186,4 +223,4 @@ def dropout(
   shared_axes = check.axes(broadcast_dims, x.ndim, "broadcast_dims")
   kind = "inverted" if check.static_bool(inverted, "inverted") else "classic"
   return run_bernoulli("dropout", key, x, rate, rate_value, deterministic, shared_axes=shared_axes,
-                       kind=kind, recompute=recompute, autodiff=autodiff)
+                       kind=kind, recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)

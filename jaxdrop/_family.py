@@ -24,7 +24,7 @@ from . import _validate as check
 from ._core import forward_mode_hint, noise_op
 from ._dropout import check_common, compute_dtype, dropout, require_key, run_bernoulli
 from ._keys import mask_words
-from ._mask import drop_threshold, keep_mask, standard_normal
+from ._mask import MaskSource, drop_threshold, keep_mask, standard_normal
 
 
 def _batch_and_channel(x, batch_axis, channel_axis) -> tuple[int | None, int]:
@@ -56,6 +56,7 @@ def channel_dropout(
     deterministic: bool | ArrayLike = False,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Drops whole feature maps: one keep decision per (example, channel).
 
@@ -77,7 +78,7 @@ def channel_dropout(
     channel_axis: the channel axis (default -1, channels last).
     batch_axis: the batch axis (default 0), or None for an unbatched input.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
-    recompute, autodiff: as for `dropout`.
+    recompute, autodiff, shard_spec: as for `dropout`.
 
   Returns:
     An array with the shape and dtype of `x`.
@@ -98,7 +99,7 @@ def channel_dropout(
   batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
   return run_bernoulli("channel_dropout", key, x, rate, rate_value, deterministic,
                        shared_axes=_all_but(x.ndim, batch, channel), kind="inverted",
-                       recompute=recompute, autodiff=autodiff)
+                       recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
 def alpha_dropout(
@@ -109,6 +110,7 @@ def alpha_dropout(
     deterministic: bool | ArrayLike = False,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
 
@@ -131,7 +133,7 @@ def alpha_dropout(
     x: a floating array.
     rate: the probability of DROPPING each unit, in [0, 1]; may be traced.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
-    recompute, autodiff: as for `dropout`.
+    recompute, autodiff, shard_spec: as for `dropout`.
 
   Returns:
     An array with the shape and dtype of `x`.
@@ -150,7 +152,7 @@ def alpha_dropout(
   x, rate_value, deterministic, recompute, autodiff = check_common(
       x, rate, deterministic, recompute, autodiff)
   return run_bernoulli("alpha_dropout", key, x, rate, rate_value, deterministic, shared_axes=(),
-                       kind="alpha", recompute=recompute, autodiff=autodiff)
+                       kind="alpha", recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
 def feature_alpha_dropout(
@@ -163,6 +165,7 @@ def feature_alpha_dropout(
     deterministic: bool | ArrayLike = False,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Alpha dropout of whole feature maps: `alpha_dropout` with `channel_dropout`'s mask.
 
@@ -179,7 +182,7 @@ def feature_alpha_dropout(
     rate: the probability of DROPPING each feature map, in [0, 1]; may be traced.
     channel_axis, batch_axis: as for `channel_dropout`.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
-    recompute, autodiff: as for `dropout`.
+    recompute, autodiff, shard_spec: as for `dropout`.
 
   Returns:
     An array with the shape and dtype of `x`.
@@ -199,7 +202,7 @@ def feature_alpha_dropout(
   batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
   return run_bernoulli("feature_alpha_dropout", key, x, rate, rate_value, deterministic,
                        shared_axes=_all_but(x.ndim, batch, channel), kind="alpha",
-                       recompute=recompute, autodiff=autodiff)
+                       recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
 def drop_path(
@@ -212,6 +215,7 @@ def drop_path(
     deterministic: bool | ArrayLike = False,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Stochastic depth: drops a residual branch whole, per example or for the whole batch.
 
@@ -234,7 +238,7 @@ def drop_path(
     batch_axis: the batch axis (default 0); ignored for ``mode="batch"``.
     mode: ``"row"`` (one decision per example) or ``"batch"`` (one for all).
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
-    recompute, autodiff: as for `dropout`.
+    recompute, autodiff, shard_spec: as for `dropout`.
 
   Returns:
     An array with the shape and dtype of `x`.
@@ -259,7 +263,7 @@ def drop_path(
     raise TypeError(f"batch_axis must be one integer axis, got {batch_axis!r}")
   shared = _all_but(x.ndim, batch[0]) if mode == "row" else tuple(range(x.ndim))
   return run_bernoulli("drop_path", key, x, rate, rate_value, deterministic, shared_axes=shared,
-                       kind="inverted", recompute=recompute, autodiff=autodiff)
+                       kind="inverted", recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
 def _gaussian_draw(words, layout, sigma, any_kept):
@@ -275,7 +279,7 @@ def _gaussian(key, x, rate, deterministic, *, recompute, autodiff):
   sigma = jnp.where(deterministic, 0, jnp.where(any_kept, sigma, 0))
   # A traced rate outside [0, 1] keeps every unit with NaN noise: a loud output.
   sigma = jnp.where(valid, sigma, jnp.nan).astype(jnp.float32)
-  return noise_op(mask_words(key), x, (sigma, any_kept | deterministic | ~valid),
+  return noise_op(MaskSource(mask_words(key)), x, (sigma, any_kept | deterministic | ~valid),
                   draw=_gaussian_draw, mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
 
 
@@ -382,7 +386,7 @@ def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
   t = jnp.where(deterministic | ~valid, jnp.uint32(0), t)
   realised_gamma = jnp.where(deterministic, 0, jnp.where(valid, 1 - keep_seed, jnp.nan))
   any_kept = (rate < 1) | deterministic | ~valid
-  return noise_op(mask_words(key), x, (t, any_kept, realised_gamma), draw=draw, mask_shape=x.shape,
+  return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw, mask_shape=x.shape,
                   recompute=recompute, autodiff=autodiff)
 
 

@@ -15,7 +15,7 @@ from . import _validate as check
 from ._core import noise_op
 from ._dropout import AUTODIFF_MODES, bernoulli_scalars, require_key
 from ._keys import mask_words
-from ._mask import MaskLayout, keep_mask
+from ._mask import MaskLayout, MaskSource, keep_mask
 
 
 class DropoutMask(NamedTuple):
@@ -28,7 +28,7 @@ class DropoutMask(NamedTuple):
 def _make_mask(key, rate, *, shape, inverted):
   rate = jnp.asarray(rate, jnp.float32)
   (t, any_kept, scale), _ = bernoulli_scalars(rate, jnp.bool_(False), "inverted" if inverted else "classic")
-  return DropoutMask(keep_mask(mask_words(key), MaskLayout(shape), t, any_kept), scale)
+  return DropoutMask(keep_mask(MaskSource(mask_words(key)), MaskLayout(shape), t, any_kept), scale)
 
 
 def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,

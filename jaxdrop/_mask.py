@@ -45,6 +45,13 @@ def _finalise(v: jax.Array, salt: jax.Array) -> jax.Array:
   return v ^ (v >> 16)
 
 
+class MaskSource(NamedTuple):
+  """Where a mask's bits come from: the two key words and, for a block of a larger array
+  (inside `shard_map`), the block's offset along each axis of the global array."""
+  words: jax.Array
+  offsets: tuple[jax.Array, ...] | None = None
+
+
 class MaskLayout(NamedTuple):
   """A mask's shape and, on a mesh with explicit axes, the mesh axes sharding each of its axes.
 
@@ -55,6 +62,7 @@ class MaskLayout(NamedTuple):
   shape: tuple[int, ...]
   spec: tuple[Any, ...] | None = None
   mesh: Any = None
+  global_shape: tuple[int, ...] | None = None  # the whole mask's, when `shape` is a block of it
 
 
 def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
@@ -87,22 +95,26 @@ def _iota(layout: MaskLayout, shape, dimension, axes):
                                   out_sharding=NamedSharding(layout.mesh, spec))
 
 
-def random_bits(words: jax.Array, layout: MaskLayout) -> jax.Array:
-  """uint32 random bits of ``layout.shape``, a pure function of `words` (uint32[2]) and each index."""
+def random_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
+  """uint32 random bits of ``layout.shape``: a pure function of the key words and each
+  element's index in the global mask (the block's own index plus its offset, if any)."""
   shape = layout.shape
   if not shape:
-    return random_bits(words, MaskLayout((1,))).reshape(())
+    return random_bits(source, MaskLayout((1,))).reshape(())
   *lead, last = shape
-  if math.prod(lead) >= 2**32 or last >= 2**32:
-    raise ValueError(f"jaxdrop masks support axes of fewer than 2**32 rows and columns, got shape {shape}")
+  *global_lead, global_last = layout.global_shape or shape
+  if math.prod(global_lead) >= 2**32 or global_last >= 2**32:
+    raise ValueError("jaxdrop masks support axes of fewer than 2**32 rows and columns, got shape "
+                     f"{layout.global_shape or shape}")
+  offsets = source.offsets or (np.uint32(0),) * len(shape)
   rows, leading = (*lead, 1), range(len(lead))
   row = _iota(layout, rows, len(lead), leading)  # zeros, sharded like the rows
   stride = 1
   for axis in reversed(leading):
-    row = row + _iota(layout, rows, axis, leading) * np.uint32(stride)
-    stride *= lead[axis]
-  seed, salt = threefry2x32(words[0], words[1], row, jnp.zeros_like(row))
-  column = _iota(layout, (1,) * len(lead) + (last,), len(lead), (len(lead),))
+    row = row + (_iota(layout, rows, axis, leading) + offsets[axis]) * np.uint32(stride)
+    stride *= global_lead[axis]
+  seed, salt = threefry2x32(source.words[0], source.words[1], row, jnp.zeros_like(row))
+  column = _iota(layout, (1,) * len(lead) + (last,), len(lead), (len(lead),)) + offsets[-1]
   return _finalise(seed + column, salt)
 
 
@@ -122,28 +134,28 @@ def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return t.astype(jnp.uint32), any_kept, keep
 
 
-def keep_mask(words, layout: MaskLayout, t, any_kept) -> jax.Array:
+def keep_mask(source: MaskSource, layout: MaskLayout, t, any_kept) -> jax.Array:
   """Boolean keep mask of ``layout.shape``: True where the element is kept.
 
   The comparison is signed (bits and threshold both offset by 2**31), which
   vectorises to one instruction where an unsigned one takes three.
   """
-  bits = jax.lax.bitcast_convert_type(random_bits(words, layout), jnp.int32)
+  bits = jax.lax.bitcast_convert_type(random_bits(source, layout), jnp.int32)
   threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
   return (bits >= threshold) & any_kept
 
 
-def bernoulli(words, layout: MaskLayout, t, any_kept, scale):
+def bernoulli(source: MaskSource, layout: MaskLayout, t, any_kept, scale):
   """The draw of plain dropout: a Bernoulli keep mask and one scale."""
-  return keep_mask(words, layout, t, any_kept), scale
+  return keep_mask(source, layout, t, any_kept), scale
 
 
-def standard_normal(words, layout: MaskLayout) -> jax.Array:
+def standard_normal(source: MaskSource, layout: MaskLayout) -> jax.Array:
   """float32 N(0, 1) noise of ``layout.shape``: the inverse normal CDF of 24-bit uniforms in (0, 1).
 
   Written with `lax.erf_inv`, an elementwise primitive, so it keeps any sharding.
   """
-  return normal_from_bits(random_bits(words, layout))
+  return normal_from_bits(random_bits(source, layout))
 
 
 def normal_from_bits(bits: jax.Array) -> jax.Array:

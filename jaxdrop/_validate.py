@@ -99,3 +99,14 @@ def mask_shape(shape: tuple[int, ...], shared_axes: tuple[int, ...]) -> tuple[in
   return tuple(1 if axis in shared_axes else size for axis, size in enumerate(shape))
 
 
+
+
+def partition_spec(value, ndim: int, name: str):
+  """None, or a `PartitionSpec` of at most `ndim` entries."""
+  if value is None:
+    return None
+  if not isinstance(value, jax.sharding.PartitionSpec):
+    raise TypeError(f"{name} must be a jax.sharding.PartitionSpec or None, got {value!r}")
+  if len(value) > ndim:
+    raise ValueError(f"{name} has {len(value)} entries, more than the {ndim} axes of x: {value!r}")
+  return value

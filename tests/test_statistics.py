@@ -65,7 +65,7 @@ def test_inverted_output_is_unbiased(rate):
 @pytest.mark.parametrize("shape", [(N // 4096, 4096), (N // 37, 37), (N,)])
 def test_bit_bytes_are_uniform(seed, shape):
   words = _keys.mask_words(jax.random.key(seed))
-  bits = _mask.random_bits(words, _mask.MaskLayout(shape)).reshape(-1)
+  bits = _mask.random_bits(_mask.MaskSource(words), _mask.MaskLayout(shape)).reshape(-1)
   for lane in range(4):
     byte = (bits >> (8 * lane)) & 0xFF
     counts = np.bincount(np.asarray(byte), minlength=256)

@@ -107,3 +107,50 @@ def test_rbg_keys_stay_correct_and_local(impl):
   assert not COLLECTIVES.search(hlo)
   assert "rng-bit-generator" not in hlo  # jaxdrop hashes the key; it never calls its generator
   np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("mesh_name,spec", [
+    ("1d", P("d")), ("1d", P(None, None, None, "d")), ("2d", P("data", None, None, "model")),
+    ("2d", P(("model", "data"))), ("2d", P("model", "data"))])
+@pytest.mark.parametrize("broadcast_dims", [(), (0,), (1, 2)])
+def test_shard_map_blocks_get_their_slice_of_the_global_mask(mesh_name, spec, broadcast_dims):
+  mesh = _mesh(mesh_name, AxisType.Explicit)
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  expected = jaxdrop.dropout(KEY, x, 0.3, broadcast_dims=broadcast_dims)
+
+  def block(key, x, shard_spec):
+    return jaxdrop.dropout(key, x, 0.3, broadcast_dims=broadcast_dims, shard_spec=shard_spec)
+
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, spec))
+    f = jax.jit(jax.shard_map(lambda k, x: block(k, x, spec), in_specs=(P(), spec), out_specs=spec))
+    hlo = f.lower(KEY, xs).compile().as_text()
+    y = f(KEY, xs)
+    naive = jax.jit(jax.shard_map(lambda k, x: block(k, x, None), in_specs=(P(), spec), out_specs=spec))(KEY, xs)
+  assert not COLLECTIVES.search(hlo)
+  np.testing.assert_array_equal(y, expected)
+  # Without shard_spec every block draws the same local mask: the correlation this option removes.
+  shards = [np.asarray(s.data != 0) for s in naive.addressable_shards]
+  assert all(np.array_equal(shards[0], s) for s in shards[1:])
+
+
+def test_shard_map_gradient_and_family_members():
+  mesh = _mesh("1d", AxisType.Explicit)
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  spec = P("d")
+  for f in (jaxdrop.channel_dropout, jaxdrop.alpha_dropout, jaxdrop.drop_path):
+    expected = f(KEY, x, 0.3)
+    expected_grad = jax.grad(lambda x: jnp.sum(jnp.sin(f(KEY, x, 0.3))))(x)
+    with jax.set_mesh(mesh):
+      xs = jax.device_put(x, NamedSharding(mesh, spec))
+      g = jax.shard_map(lambda k, x: f(k, x, 0.3, shard_spec=spec), in_specs=(P(), spec), out_specs=spec)
+      y = jax.jit(g)(KEY, xs)
+      dx = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(g(KEY, x)))))(xs)
+    np.testing.assert_array_equal(y == 0, expected == 0)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_shard_spec_outside_shard_map_is_a_clear_error():
+  with pytest.raises(ValueError, match="names mesh axis 'd', which is not an axis of an enclosing shard_map"):
+    jaxdrop.dropout(KEY, jnp.ones(SHAPE), 0.3, shard_spec=P("d"))
