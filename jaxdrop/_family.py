@@ -22,7 +22,8 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import check_common, compute_dtype, dropout, require_key, run_bernoulli
+from ._dropout import (block_position, check_common, compute_dtype, dropout, require_key,
+                       run_bernoulli)
 from ._keys import mask_words
 from ._mask import MaskSource, drop_threshold, keep_mask, standard_normal
 
@@ -270,8 +271,8 @@ def _gaussian_draw(words, layout, sigma, any_kept):
   return any_kept, 1 + sigma * standard_normal(words, layout)
 
 
-@functools.partial(jax.jit, static_argnames=("recompute", "autodiff"))
-def _gaussian(key, x, rate, deterministic, *, recompute, autodiff):
+@functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
+def _gaussian(key, x, rate, deterministic, *, recompute, autodiff, shard_spec):
   rate = jnp.asarray(rate, compute_dtype(x.dtype))
   any_kept = rate < 1
   valid = (rate >= 0) & (rate <= 1)
@@ -279,8 +280,11 @@ def _gaussian(key, x, rate, deterministic, *, recompute, autodiff):
   sigma = jnp.where(deterministic, 0, jnp.where(any_kept, sigma, 0))
   # A traced rate outside [0, 1] keeps every unit with NaN noise: a loud output.
   sigma = jnp.where(valid, sigma, jnp.nan).astype(jnp.float32)
-  return noise_op(MaskSource(mask_words(key)), x, (sigma, any_kept | deterministic | ~valid),
-                  draw=_gaussian_draw, mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
+  offsets, global_shape = (None, None) if shard_spec is None else block_position(
+      shard_spec, x.shape, ())
+  return noise_op(MaskSource(mask_words(key), offsets), x, (sigma, any_kept | deterministic | ~valid),
+                  draw=_gaussian_draw, mask_shape=x.shape, recompute=recompute, autodiff=autodiff,
+                  global_shape=global_shape)
 
 
 def gaussian_dropout(
@@ -291,6 +295,7 @@ def gaussian_dropout(
     deterministic: bool | ArrayLike = False,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Multiplicative Gaussian noise with the variance of Bernoulli dropout at `rate`.
 
@@ -312,7 +317,7 @@ def gaussian_dropout(
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
     recompute: True keeps only the key for the backward pass; False keeps the
       noise (4 bytes per element).
-    autodiff: as for `dropout`.
+    autodiff, shard_spec: as for `dropout`.
 
   Returns:
     An array with the shape and dtype of `x`.
@@ -329,11 +334,13 @@ def gaussian_dropout(
   """
   x, rate_value, deterministic, recompute, autodiff = check_common(
       x, rate, deterministic, recompute, autodiff)
+  shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("gaussian_dropout", key, rate, deterministic)
   with forward_mode_hint("gaussian_dropout"):
-    return _gaussian(key, x, rate, deterministic, recompute=recompute, autodiff=autodiff)
+    return _gaussian(key, x, rate, deterministic, recompute=recompute, autodiff=autodiff,
+                     shard_spec=shard_spec)
 
 
 def _coverage(size: int, block: int) -> np.ndarray:

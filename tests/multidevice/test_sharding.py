@@ -138,7 +138,8 @@ def test_shard_map_gradient_and_family_members():
   mesh = _mesh("1d", AxisType.Explicit)
   x = jax.random.normal(jax.random.key(1), SHAPE)
   spec = P("d")
-  for f in (jaxdrop.channel_dropout, jaxdrop.alpha_dropout, jaxdrop.drop_path):
+  for f in (jaxdrop.channel_dropout, jaxdrop.alpha_dropout, jaxdrop.drop_path,
+            jaxdrop.gaussian_dropout):
     expected = f(KEY, x, 0.3)
     expected_grad = jax.grad(lambda x: jnp.sum(jnp.sin(f(KEY, x, 0.3))))(x)
     with jax.set_mesh(mesh):
