@@ -47,6 +47,17 @@ def _all_but(ndim: int, *keep: int | None) -> tuple[int, ...]:
   return tuple(axis for axis in range(ndim) if axis not in keep)
 
 
+def _per_channel(name, kind, key, x, rate, channel_axis, batch_axis, deterministic, recompute,
+                 autodiff, shard_spec):
+  """A Bernoulli member with one decision per (example, channel): the mask is shared elsewhere."""
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
+  return run_bernoulli(name, key, x, rate, rate_value, deterministic,
+                       shared_axes=_all_but(x.ndim, batch, channel), kind=kind,
+                       recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+
+
 def channel_dropout(
     key: jax.Array | None,
     x: ArrayLike,
@@ -95,12 +106,8 @@ def channel_dropout(
     Tompson, Goroshin, Jain, LeCun and Bregler, "Efficient object localization
     using convolutional networks", CVPR (2015).
   """
-  x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
-  batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
-  return run_bernoulli("channel_dropout", key, x, rate, rate_value, deterministic,
-                       shared_axes=_all_but(x.ndim, batch, channel), kind="inverted",
-                       recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+  return _per_channel("channel_dropout", "inverted", key, x, rate, channel_axis, batch_axis,
+                      deterministic, recompute, autodiff, shard_spec)
 
 
 def alpha_dropout(
@@ -198,12 +205,8 @@ def feature_alpha_dropout(
     Klambauer, Unterthiner, Mayr and Hochreiter, "Self-normalizing neural
     networks", NeurIPS (2017).
   """
-  x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
-  batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
-  return run_bernoulli("feature_alpha_dropout", key, x, rate, rate_value, deterministic,
-                       shared_axes=_all_but(x.ndim, batch, channel), kind="alpha",
-                       recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+  return _per_channel("feature_alpha_dropout", "alpha", key, x, rate, channel_axis, batch_axis,
+                      deterministic, recompute, autodiff, shard_spec)
 
 
 def drop_path(

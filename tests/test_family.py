@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import observed_mask, reference_dropout
+from helpers import MEMBERS, observed_mask, reference_dropout
 
 import jaxdrop
 from jaxdrop._dropout import ALPHA_PRIME
@@ -15,17 +15,6 @@ from jaxdrop._family import _coverage
 Z = 5.0
 KEY = jax.random.key(7)
 
-# Every member as f(key, x, rate, **options) on an NHWC-like array.
-MEMBERS = {
-    "dropout": jaxdrop.dropout,
-    "channel_dropout": jaxdrop.channel_dropout,
-    "alpha_dropout": jaxdrop.alpha_dropout,
-    "feature_alpha_dropout": jaxdrop.feature_alpha_dropout,
-    "gaussian_dropout": jaxdrop.gaussian_dropout,
-    "drop_path": jaxdrop.drop_path,
-    "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 3, **kw),
-    "drop_connect": jaxdrop.drop_connect,
-}
 SHAPE = (4, 8, 8, 6)
 
 

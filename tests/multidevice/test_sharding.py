@@ -15,21 +15,15 @@ from jax.sharding import PartitionSpec as P
 
 import jaxdrop
 
+import helpers
+
 COLLECTIVES = re.compile(r"all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter")
 SHAPE = (32, 4, 4, 64)  # NHWC: batch 32, 4 x 4 maps, 64 channels
 KEY = jax.random.key(3)
 
-MEMBERS = {
-    "dropout": jaxdrop.dropout,
-    "channel_dropout": jaxdrop.channel_dropout,
-    "alpha_dropout": jaxdrop.alpha_dropout,
-    "feature_alpha_dropout": jaxdrop.feature_alpha_dropout,
-    "gaussian_dropout": jaxdrop.gaussian_dropout,
-    "drop_path": jaxdrop.drop_path,
-    "drop_block": lambda k, x, r: jaxdrop.drop_block(k, x, r, 3),
-    "drop_connect": jaxdrop.drop_connect,
-    "dropout shared over a sharded axis": lambda k, x, r: jaxdrop.dropout(k, x, r, broadcast_dims=(0, 3)),
-}
+MEMBERS = dict(helpers.MEMBERS)
+MEMBERS["dropout shared over a sharded axis"] = (
+    lambda k, x, r: jaxdrop.dropout(k, x, r, broadcast_dims=(0, 3)))
 
 MESHES = {
     "1d": ((8,), ("d",), [P("d"), P(None, None, None, "d")]),
