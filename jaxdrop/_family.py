@@ -22,7 +22,7 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import (block_position, check_common, compute_dtype, dropout, require_key,
+from ._dropout import (AUTODIFF_MODES, block_position, check_common, compute_dtype, require_key,
                        run_bernoulli)
 from ._keys import mask_words
 from ._mask import MaskSource, drop_threshold, keep_mask, standard_normal
@@ -262,10 +262,13 @@ def drop_path(
   mode = check.choice(mode, ("row", "batch"), "mode")
   if x.ndim == 0:
     raise ValueError("drop_path needs an array with a batch axis, got a scalar x")
-  batch = check.axes(batch_axis, x.ndim, "batch_axis")
-  if len(batch) != 1:
-    raise TypeError(f"batch_axis must be one integer axis, got {batch_axis!r}")
-  shared = _all_but(x.ndim, batch[0]) if mode == "row" else tuple(range(x.ndim))
+  if mode == "batch":
+    shared = tuple(range(x.ndim))
+  else:
+    batch = check.axes(batch_axis, x.ndim, "batch_axis")
+    if len(batch) != 1:
+      raise TypeError(f"batch_axis must be one integer axis, got {batch_axis!r}")
+    shared = _all_but(x.ndim, batch[0])
   return run_bernoulli("drop_path", key, x, rate, rate_value, deterministic, shared_axes=shared,
                        kind="inverted", recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
@@ -311,7 +314,8 @@ def gaussian_dropout(
   :math:`m / (1 - \text{rate})`. The derivative is :math:`\partial x = g\,(1 + \sigma\varepsilon)`
   with the same noise. ``rate=1`` (infinite variance) gives exact zeros, the limit
   the rest of the family shares. The normal noise is the inverse normal CDF of
-  24-bit uniforms from jaxdrop's generator, so it is bounded by about 5.4σ.
+  24-bit uniforms from jaxdrop's generator, in float32 whatever the input dtype,
+  so it is bounded by about 5.4σ. The rate gets no gradient.
 
   Args:
     key: a PRNG key, as for `dropout`.
@@ -466,7 +470,8 @@ def drop_block(
   smallest = min(x.shape[axis] for axis in axes)
   if not 1 <= block_size <= smallest:
     raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
-                     f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}")
+                     f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
+                     + ("; for NCHW input pass spatial_axes=(2, 3)" if axes == (1, 2) and x.ndim == 4 else ""))
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("drop_block", key, rate, deterministic)
@@ -521,16 +526,26 @@ def drop_connect(
   """
   rate_value = check.probability(rate, "rate")
   deterministic = check.flag(deterministic, "deterministic")
+  recompute = check.static_bool(recompute, "recompute")
+  autodiff = check.choice(autodiff, AUTODIFF_MODES, "autodiff")
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   for path, leaf in leaves:
-    dtype = jnp.result_type(leaf)
+    where = f"params{jax.tree_util.keystr(path)}"
+    try:
+      dtype = jnp.result_type(leaf)
+    except TypeError as err:
+      raise TypeError(f"drop_connect needs floating array leaves, got {leaf!r} at {where}") from err
     if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at "
-                      f"params{jax.tree_util.keystr(path)}")
+      raise TypeError(f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at {where}")
   if deterministic is True or rate_value == 0.0:
     return params
   key = require_key("drop_connect", key, rate, deterministic)
-  out = [dropout(jax.random.fold_in(key, i), leaf, rate, deterministic=deterministic,
-                 recompute=recompute, autodiff=autodiff)
+  out = [_bernoulli_leaf(jax.random.fold_in(key, i), leaf, rate, deterministic, recompute, autodiff)
          for i, (_, leaf) in enumerate(leaves)]
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _bernoulli_leaf(key, leaf, rate, deterministic, recompute, autodiff):
+  leaf = check.float_array(leaf, "params leaf")
+  return run_bernoulli("drop_connect", key, leaf, rate, None, deterministic, shared_axes=(),
+                       kind="inverted", recompute=recompute, autodiff=autodiff)

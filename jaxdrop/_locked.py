@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -12,7 +13,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._core import noise_op
+from ._core import forward_mode_hint, noise_op
 from ._dropout import AUTODIFF_MODES, bernoulli_scalars, require_key
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, keep_mask
@@ -36,16 +37,18 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
   r"""Draws a dropout mask once, to reuse at every step of a loop (locked dropout).
 
   :math:`m \sim \mathrm{Bernoulli}(1 - \text{rate})` of the given shape, with
-  the scale of kept units (1/keep when `inverted`, else 1). Give the shape
-  size-1 axes where the mask is shared, e.g. ``(batch, features)`` for a
-  recurrent state: apply it with `apply_mask` inside a `jax.lax.scan` and every
-  time step sees the same mask (Gal & Ghahramani's variational RNN dropout).
+  the scale of kept units (1/keep when `inverted`, else 1). Give it the rank of
+  what it is applied to, with size-1 axes where the mask is shared: e.g.
+  ``(batch, features)`` for one mask per example of a recurrent state, or
+  ``(1, features)`` for one mask shared by the batch. Apply it with `apply_mask`
+  inside a `jax.lax.scan` and every time step sees the same mask (Gal &
+  Ghahramani's variational RNN dropout).
   `jaxdrop.dropout` with ``broadcast_dims`` over the time axis gives the same
   effect on a whole ``[batch, time, features]`` sequence at once.
 
   Args:
     key: a PRNG key, as for `dropout`.
-    shape: the mask's shape; it must broadcast against what it is applied to.
+    shape: the mask's shape: the rank of what it is applied to, size 1 where shared.
     rate: the probability of DROPPING each unit, in [0, 1]; may be traced.
     inverted: scale kept units by 1/(1 - rate) (True) or not at all (False).
 
@@ -67,7 +70,9 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
     recurrent neural networks", NeurIPS (2016).
   """
   try:
-    shape = tuple(int(d) for d in shape)
+    if any(isinstance(d, (bool, np.bool_)) for d in shape):
+      raise TypeError
+    shape = tuple(operator.index(d) for d in shape)
   except TypeError as err:
     raise TypeError(f"shape must be a sequence of integers, got {shape!r}") from err
   if any(d < 0 for d in shape):
@@ -76,6 +81,9 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
   inverted = check.static_bool(inverted, "inverted")
   if rate_value == 0.0:
     return DropoutMask(jnp.ones(shape, bool), jnp.ones((), jnp.float32))
+  if key is None:
+    raise TypeError(f"make_mask needs a PRNG key (e.g. jax.random.key(0)) unless rate is a "
+                    f"concrete 0, got key=None with rate={rate!r}")
   key = require_key("make_mask", key, rate, False)
   return _make_mask(key, rate, shape=shape, inverted=inverted)
 
@@ -114,7 +122,20 @@ def apply_mask(mask: DropoutMask, x: ArrayLike, *,
   keep = jnp.asarray(mask.keep)
   if keep.dtype != np.bool_ or keep.ndim != x.ndim or any(
       m not in (1, d) for m, d in zip(keep.shape, x.shape)):
-    raise ValueError(f"mask of shape {keep.shape} ({keep.dtype}) does not broadcast against x of "
-                     f"shape {x.shape} at the same rank")
-  return noise_op(None, x, (keep, jnp.asarray(mask.scale)), draw=_given, mask_shape=keep.shape,
-                  recompute=False, autodiff=autodiff)
+    hint = tuple(1 if i < x.ndim - keep.ndim else d for i, d in enumerate(x.shape))
+    raise ValueError(
+        f"mask of shape {keep.shape} ({keep.dtype}) does not broadcast against x of shape "
+        f"{x.shape} at the same rank: draw it with make_mask(key, shape, rate) for a shape of "
+        f"the same rank as x, with size-1 axes where the mask is shared, e.g. {hint}")
+  scale = mask.scale
+  dtype = getattr(scale, "dtype", None)
+  real = (isinstance(scale, (int, float)) and not isinstance(scale, bool)) or (
+      dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)))
+  if not real:
+    raise TypeError(f"mask.scale must be a real scalar, got {scale!r}")
+  if jnp.ndim(scale) != 0:
+    raise ValueError(f"mask.scale must be a scalar, got shape {jnp.shape(scale)} (a batch of masks "
+                     "from jax.vmap(make_mask) must be applied inside jax.vmap too)")
+  with forward_mode_hint("apply_mask"):
+    return noise_op(None, x, (keep, jnp.asarray(scale)), draw=_given, mask_shape=keep.shape,
+                    recompute=False, autodiff=autodiff)

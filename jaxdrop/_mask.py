@@ -128,7 +128,10 @@ def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """
   t = jnp.round(rate * _TWO32)
   t = jnp.where(rate > 0, jnp.maximum(t, 1), 0)
-  t = jnp.minimum(t, np.nextafter(np.asarray(_TWO32, rate.dtype), 0, dtype=rate.dtype))
+  # The largest threshold below 2**32 that is an integer in the rate's dtype, so that
+  # `keep` below describes exactly the uint32 threshold the mask uses.
+  largest = np.minimum(np.nextafter(np.asarray(_TWO32, rate.dtype), 0), np.asarray(2**32 - 1, rate.dtype))
+  t = jnp.minimum(t, largest)
   any_kept = rate < 1
   keep = jnp.where(any_kept, 1 - t / _TWO32, 0).astype(rate.dtype)
   return t.astype(jnp.uint32), any_kept, keep

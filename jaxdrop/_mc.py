@@ -21,7 +21,9 @@ class MCResult(NamedTuple):
 
 
 def _positive_int(value, name: str) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be a positive integer, got {value!r}")
+  if value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
   return int(value)
 
@@ -62,7 +64,8 @@ def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: 
   does not grow with `num_samples`. Moments accumulate in at least float32.
 
   Args:
-    fn: ``fn(key, *args) -> pytree of arrays``, stochastic through `key`.
+    fn: ``fn(key, *args) -> pytree of arrays``, stochastic through `key` (the key
+      comes first).
     key: a PRNG key; sample `t` uses ``jax.random.split(key, num_samples)[t]``.
     num_samples: how many stochastic passes, T.
     *args: passed to every call of `fn` (not batched).
@@ -98,8 +101,8 @@ def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: 
 
   def chunk_stats(chunk_keys):
     mean, variance = _moments(jax.vmap(one)(chunk_keys))
-    n = chunk_keys.shape[0]
-    return n, mean, jax.tree.map(lambda v: v * n, variance)
+    n = chunk_keys.shape[0]  # counts as floats: their products below would overflow int32
+    return jnp.float32(n), mean, jax.tree.map(lambda v: v * n, variance)
 
   full, rest = divmod(num_samples, chunk_size)
   chunks = keys[: full * chunk_size].reshape(full, chunk_size)

@@ -20,10 +20,15 @@ def is_traced(value) -> bool:
 
 def float_array(x, name: str = "x") -> jax.Array:
   """`x` as a JAX array of a floating dtype."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    raise TypeError(f"{name} is a PRNG key, not an array of activations: the key comes first, "
+                    f"as in jaxdrop.dropout(key, x, rate)")
   try:
     x = jnp.asarray(x)
-  except TypeError as err:
-    raise TypeError(f"{name} must be an array of a floating dtype, got {type(x).__name__}") from err
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"{name} must be an array of a floating dtype, got {type(x).__name__} "
+                    f"{str(x)[:80]!r}") from err
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
         f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "

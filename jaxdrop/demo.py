@@ -98,15 +98,18 @@ def plot_curves(steps, train, test, rate, path):
 
 
 def main(argv=None) -> dict[str, float]:
+  class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
   parser = argparse.ArgumentParser(prog="python -m jaxdrop.demo", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
+                                   formatter_class=Formatter)
+  parser.add_argument("--steps", type=int, default=4000, help="training steps")
   parser.add_argument("--rate", type=float, default=0.5, help="dropout rate, the DROP probability")
   parser.add_argument("--hidden", type=int, default=512, help="width of both hidden layers")
   parser.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and masks")
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--lr", type=float, default=1e-3)
-  parser.add_argument("--weight-decay", type=float, default=1e-4)
+  parser.add_argument("--batch", type=int, default=256, help="minibatch size")
+  parser.add_argument("--lr", type=float, default=1e-3, help="adamw learning rate")
+  parser.add_argument("--weight-decay", type=float, default=1e-4, help="adamw weight decay (both runs)")
   parser.add_argument("--chunks", type=int, default=20, help="progress lines (and curve points)")
   parser.add_argument("--out", default="jaxdrop_demo.png", help="where to save the learning curves")
   args = parser.parse_args(argv)

@@ -23,5 +23,8 @@ def observed_mask(key, shape, rate, **kwargs):
 
 
 def reference_dropout(mask, x, scale):
-  """Textbook masked scaling, differentiated by plain autodiff."""
-  return jnp.where(mask, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+  """Textbook masked scaling, differentiated by plain autodiff (half precision computed in
+  float32 and rounded once, as jaxdrop documents)."""
+  work = jnp.float32 if jnp.finfo(x.dtype).bits < 32 else x.dtype
+  kept = (x.astype(work) * jnp.asarray(scale, work)).astype(x.dtype)
+  return jnp.where(mask, kept, jnp.zeros((), x.dtype))

@@ -447,7 +447,6 @@ class TestMCDropout:
   @pytest.mark.parametrize("num_samples,chunk_size,match", [
       (0, None, "num_samples must be a positive integer, got 0"),
       (4, 0, "chunk_size must be a positive integer, got 0"),
-      (2.5, None, "num_samples must be a positive integer, got 2.5"),
   ])
   def test_bad_counts(self, num_samples, chunk_size, match):
     with pytest.raises(ValueError, match=match):
@@ -456,3 +455,59 @@ class TestMCDropout:
   def test_fn_must_be_callable(self):
     with pytest.raises(TypeError, match="fn must be callable"):
       jaxdrop.mc_dropout(None, KEY, 4)
+
+
+class TestReviewedEdges:
+  """Bad input and edge cases found in review, each with the error or result it must give."""
+
+  def test_apply_mask_rejects_a_batched_scale(self):
+    masks = jax.vmap(lambda k, r: jaxdrop.make_mask(k, (1, 2), r))(jax.random.split(KEY, 2),
+                                                                   jnp.array([0.0, 0.5]))
+    with pytest.raises(ValueError, match="mask.scale must be a scalar, got shape"):
+      jaxdrop.apply_mask(jaxdrop.DropoutMask(masks.keep[0], masks.scale), jnp.ones((2, 2)))
+    with pytest.raises(TypeError, match="mask.scale must be a real scalar"):
+      jaxdrop.apply_mask(jaxdrop.DropoutMask(masks.keep[0], "a"), jnp.ones((2, 2)))
+
+  def test_make_mask_rejects_float_sizes_and_names_itself(self):
+    with pytest.raises(TypeError, match="shape must be a sequence of integers"):
+      jaxdrop.make_mask(KEY, (2.5, 3), 0.5)
+    with pytest.raises(TypeError, match="make_mask needs a PRNG key .* unless rate is a concrete 0"):
+      jaxdrop.make_mask(None, (2, 3), 0.5)
+
+  def test_drop_connect_checks_its_options_before_returning_early(self):
+    with pytest.raises(ValueError, match="autodiff must be one of"):
+      jaxdrop.drop_connect(None, {"w": jnp.ones(3)}, 0.0, autodiff="bad")
+    with pytest.raises(TypeError, match=r"floating array leaves, got 'abc' at params\['n'\]"):
+      jaxdrop.drop_connect(KEY, {"w": jnp.ones(3), "n": "abc"}, 0.5)
+
+  @pytest.mark.parametrize("call,name", [
+      (lambda v: jaxdrop.drop_connect(KEY, v, 0.5), "drop_connect"),
+      (lambda v: jaxdrop.apply_mask(jaxdrop.make_mask(KEY, (4,), 0.5), v), "apply_mask"),
+  ])
+  def test_forward_mode_hint_names_the_function(self, call, name):
+    with pytest.raises(TypeError, match=f"pass autodiff='jvp' to jaxdrop.{name}"):
+      jax.jvp(call, (jnp.ones(4),), (jnp.ones(4),))
+
+  def test_drop_path_batch_mode_ignores_batch_axis(self):
+    y = jaxdrop.drop_path(KEY, jnp.ones(3), 0.5, mode="batch", batch_axis=2)
+    assert y.shape == (3,)
+
+  def test_keys_and_arrays_swapped_or_malformed(self):
+    with pytest.raises(TypeError, match=r"x is a PRNG key, .* jaxdrop.dropout\(key, x, rate\)"):
+      jaxdrop.dropout(jnp.ones(3), KEY, 0.5)
+    with pytest.raises(TypeError, match="x must be an array of a floating dtype, got NoneType"):
+      jaxdrop.dropout(KEY, None, 0.5)
+    with pytest.raises(TypeError, match="x must be an array of a floating dtype, got list"):
+      jaxdrop.dropout(KEY, [[1.0], [1.0, 2.0]], 0.5)
+
+  def test_mc_dropout_count_types_and_large_chunked_moments(self):
+    with pytest.raises(TypeError, match="num_samples must be a positive integer, got 2.0"):
+      jaxdrop.mc_dropout(lambda k: jnp.ones(()), KEY, 2.0)
+    from jaxdrop._mc import _combine
+    n, mean, m2 = jax.jit(lambda n: _combine((n, 0.0, 0.0), (jnp.float32(50_000), 1.0, 0.0)))(
+        jnp.float32(100_000))
+    np.testing.assert_allclose(m2, 100_000 * 50_000 / 150_000, rtol=1e-6)
+
+  def test_drop_block_nchw_hint(self):
+    with pytest.raises(ValueError, match=r"for NCHW input pass spatial_axes=\(2, 3\)"):
+      jaxdrop.drop_block(KEY, jnp.ones((2, 3, 32, 32)), 0.1, 5)

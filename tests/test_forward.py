@@ -23,8 +23,9 @@ def test_every_output_is_zero_or_scaled_input(dtype, rate):
   y = jaxdrop.dropout(jax.random.key(3), x, rate)
   assert y.dtype == x.dtype and y.shape == x.shape
   mask = observed_mask(jax.random.key(3), SHAPE, rate)
-  scale = jnp.asarray(1 / (1 - np.float32(rate)), jnp.float32).astype(dtype)
-  np.testing.assert_array_equal(y, jnp.where(mask, x * scale, 0))
+  scale = jnp.float32(1 / (1 - np.float32(rate)))
+  # Half precision is scaled in float32 and rounded once.
+  np.testing.assert_array_equal(y, jnp.where(mask, (x.astype(jnp.float32) * scale).astype(dtype), 0))
   assert 0 < mask.sum() < mask.size
 
 
@@ -105,6 +106,30 @@ def test_float32_rate_does_not_upcast(dtype):
   assert y.dtype == dtype
   y = jax.jit(lambda r: jaxdrop.dropout(jax.random.key(0), x, r))(jnp.float32(0.2))
   assert y.dtype == dtype
+
+
+def test_float16_high_rate_has_no_overflow():
+  # 1/keep exceeds float16's range for keep < 2**-16: kept units must still be finite and exact.
+  x = jnp.full(2**20, 1e-4, jnp.float16).at[:2**19].set(0)
+  y = jaxdrop.dropout(jax.random.key(0), x, 0.99999)
+  kept = y != 0
+  assert not bool(jnp.any(jnp.isnan(y) | jnp.isinf(y)))
+  assert int(kept[2**19:].sum()) > 0
+  expected = (jnp.float32(1e-4).astype(jnp.float16).astype(jnp.float32) / np.float32(1 - np.float32(0.99999)))
+  np.testing.assert_allclose(np.asarray(y[2**19:][kept[2**19:]], np.float32), expected, rtol=1e-3)
+
+
+def test_bfloat16_scaling_is_not_biased_by_rounding_the_scale():
+  y = jaxdrop.dropout(jax.random.key(0), jnp.ones(8, jnp.bfloat16), 0.1)
+  kept = np.asarray(y[y != 0], np.float32)
+  np.testing.assert_array_equal(kept, np.float32(jnp.float32(1 / np.float32(0.9)).astype(jnp.bfloat16)))
+
+
+def test_float64_rate_just_below_one_scales_by_the_realised_keep():
+  with jax.enable_x64(True):
+    from jaxdrop import _mask
+    t, any_kept, keep = _mask.drop_threshold(jnp.float64(1 - 1e-12))
+    assert int(t) == 2**32 - 1 and bool(any_kept) and float(keep) == 2.0**-32
 
 
 def test_float64_input_keeps_float64():

@@ -41,7 +41,7 @@ def test_output_is_zero_or_scaled_and_gradient_matches(case):
   mask = jaxdrop.dropout(key, jnp.ones(shape), rate, **options) != 0
   keep = 1 - np.float32(rate)
   scale = (np.float32(1) / keep if keep > 0 else 0.0) if case["inverted"] else 1.0
-  expected = reference_dropout(mask, x, jnp.float32(scale).astype(dtype))
+  expected = reference_dropout(mask, x, jnp.float32(scale))
   np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(expected, np.float32))
 
   for axis in case["broadcast_dims"]:
@@ -49,5 +49,5 @@ def test_output_is_zero_or_scaled_and_gradient_matches(case):
 
   g = jnp.ones(shape, dtype)
   _, vjp = jax.vjp(lambda x: jaxdrop.dropout(key, x, rate, **options), x)
-  _, ref_vjp = jax.vjp(lambda x: reference_dropout(mask, x, jnp.float32(scale).astype(dtype)), x)
+  _, ref_vjp = jax.vjp(lambda x: reference_dropout(mask, x, jnp.float32(scale)), x)
   np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32), np.asarray(ref_vjp(g)[0], np.float32))
