@@ -5,7 +5,7 @@ for the Bernoulli members, selects:
 
     y = where(keep, x * mult + shift, fill)
 
-where ``draw(words, layout, *params) -> (keep, mult)`` says which units are
+where ``draw(source, layout, *params) -> (keep, mult)`` says which units are
 kept (a boolean array broadcast against `x`, or None for "all") and by what
 they are multiplied (a scalar, or an array such as Gaussian noise), and the
 optional ``affine = (shift, fill)`` serves alpha dropout. Whatever the member,
@@ -18,7 +18,7 @@ the derivative is the same linear map applied to the incoming cotangent
 
 * ``"vjp"`` (the default): a `jax.custom_vjp`. The forward pass keeps
   ``(keep, mult)`` (1 byte per mask element for Bernoulli masks) or, with
-  ``recompute=True``, only the key words and the scalar parameters, and the
+  ``recompute=True``, only the key words (and block offsets) and the scalar parameters, and the
   backward pass draws the identical noise again.
 * ``"jvp"``: a `jax.custom_jvp` with the same rule as its tangent, so `jax.jvp`,
   `jax.jacfwd` and `jax.linearize` work; reverse mode transposes the linear
@@ -56,20 +56,20 @@ def apply_noise(keep, mult, v, affine=None):
   return out if keep is None else jnp.where(keep, out, fill)
 
 
-def _draw_and_apply(draw, layout, words, params, v, affine=None):
-  keep, mult = draw(words, layout, *params)
+def _draw_and_apply(draw, layout, source, params, v, affine=None):
+  keep, mult = draw(source, layout, *params)
   return apply_noise(keep, mult, v, affine)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _op_vjp(draw, layout, recompute, words, x, params, affine):
+def _op_vjp(draw, layout, recompute, source, x, params, affine):
   del recompute
-  return _draw_and_apply(draw, layout, words, params, x, affine)
+  return _draw_and_apply(draw, layout, source, params, x, affine)
 
 
-def _op_vjp_fwd(draw, layout, recompute, words, x, params, affine):
-  keep, mult = draw(words, layout, *params)
-  residuals = (words, params) if recompute else (keep, mult)
+def _op_vjp_fwd(draw, layout, recompute, source, x, params, affine):
+  keep, mult = draw(source, layout, *params)
+  residuals = (source, params) if recompute else (keep, mult)
   return apply_noise(keep, mult, x, affine), residuals
 
 
@@ -83,20 +83,20 @@ _op_vjp.defvjp(_op_vjp_fwd, _op_vjp_bwd)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _op_jvp(draw, layout, recompute, words, x, params, affine):
+def _op_jvp(draw, layout, recompute, source, x, params, affine):
   del recompute
-  return _draw_and_apply(draw, layout, words, params, x, affine)
+  return _draw_and_apply(draw, layout, source, params, x, affine)
 
 
 @_op_jvp.defjvp
 def _op_jvp_rule(draw, layout, recompute, primals, tangents):
-  words, x, params, affine = primals
+  source, x, params, affine = primals
   x_dot = tangents[1]
-  keep, mult = draw(words, layout, *params)
+  keep, mult = draw(source, layout, *params)
   # The tangent map sits under jax.checkpoint so that reverse mode keeps only its
   # inputs (the noise, or the key words) and not the zeros that `where` broadcasts.
   if recompute:
-    y_dot = jax.checkpoint(functools.partial(_draw_and_apply, draw, layout))(words, params, x_dot)
+    y_dot = jax.checkpoint(functools.partial(_draw_and_apply, draw, layout))(source, params, x_dot)
   else:
     y_dot = jax.checkpoint(apply_noise)(keep, mult, x_dot)
   return apply_noise(keep, mult, x, affine), y_dot

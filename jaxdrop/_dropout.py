@@ -16,7 +16,6 @@ from ._keys import as_typed_key, mask_words
 from ._mask import MaskSource, bernoulli, drop_threshold
 
 AUTODIFF_MODES = ("vjp", "jvp")
-BERNOULLI_KINDS = ("inverted", "classic", "alpha")
 
 # SELU's saturation value, -lambda * alpha (Klambauer et al. 2017): where alpha dropout sets
 # dropped units, before the affine correction.

@@ -273,8 +273,8 @@ def drop_path(
                        kind="inverted", recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
-def _gaussian_draw(words, layout, sigma, any_kept):
-  return any_kept, 1 + sigma * standard_normal(words, layout)
+def _gaussian_draw(source, layout, sigma, any_kept):
+  return any_kept, 1 + sigma * standard_normal(source, layout)
 
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
@@ -367,11 +367,11 @@ class _BlockDraw:
   def _broadcast(self, vector, axis, ndim):
     return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
 
-  def __call__(self, words, layout, t, any_kept, gamma):
+  def __call__(self, source, layout, t, any_kept, gamma):
     shape = layout.shape
     ndim, b = len(shape), self.block_size
     low, high = (b - 1) // 2, b // 2
-    seeds = ~keep_mask(words, layout, t, True)
+    seeds = ~keep_mask(source, layout, t, True)
     coverage = np.ones((1,) * ndim, np.float32)
     for axis in self.spatial_axes:
       p = np.arange(shape[axis])
@@ -400,8 +400,8 @@ def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
   t = jnp.where(deterministic | ~valid, jnp.uint32(0), t)
   realised_gamma = jnp.where(deterministic, 0, jnp.where(valid, 1 - keep_seed, jnp.nan))
   any_kept = (rate < 1) | deterministic | ~valid
-  return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw, mask_shape=x.shape,
-                  recompute=recompute, autodiff=autodiff)
+  return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
+                  mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
 
 
 def drop_block(

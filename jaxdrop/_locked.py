@@ -88,8 +88,8 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
   return _make_mask(key, rate, shape=shape, inverted=inverted)
 
 
-def _given(words, layout, keep, scale):
-  del words, layout
+def _given(source, layout, keep, scale):
+  del source, layout
   return keep, scale
 
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._keys import is_typed_key
+
 
 def is_traced(value) -> bool:
   return isinstance(value, jax.core.Tracer)
@@ -20,8 +22,7 @@ def is_traced(value) -> bool:
 
 def float_array(x, name: str = "x") -> jax.Array:
   """`x` as a JAX array of a floating dtype."""
-  dtype = getattr(x, "dtype", None)
-  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+  if is_typed_key(x):
     raise TypeError(f"{name} is a PRNG key, not an array of activations: the key comes first, "
                     f"as in jaxdrop.dropout(key, x, rate)")
   try:
@@ -102,8 +103,6 @@ def choice(value, options: Sequence[str], name: str) -> str:
 
 def mask_shape(shape: tuple[int, ...], shared_axes: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(1 if axis in shared_axes else size for axis, size in enumerate(shape))
-
-
 
 
 def partition_spec(value, ndim: int, name: str):
