@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._core import forward_mode_hint, noise_op
+from ._core import apply_noise, forward_mode_hint, noise_op
 from ._keys import as_typed_key, mask_words
 from ._mask import MaskSource, bernoulli, drop_threshold
 
@@ -105,7 +105,7 @@ def _scale_by_keep(x, rate):
   """Classic dropout at test time: `x` times the keep probability that training realises."""
   rate = jnp.asarray(rate, compute_dtype(x.dtype))
   (_, _, mult), _ = bernoulli_scalars(rate, jnp.bool_(True), "classic")
-  return x * mult.astype(x.dtype)
+  return apply_noise(None, mult, x)
 
 
 def check_common(x, rate, deterministic, recompute, autodiff):

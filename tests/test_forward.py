@@ -125,6 +125,13 @@ def test_bfloat16_scaling_is_not_biased_by_rounding_the_scale():
   np.testing.assert_array_equal(kept, np.float32(jnp.float32(1 / np.float32(0.9)).astype(jnp.bfloat16)))
 
 
+def test_classic_test_time_scales_half_precision_in_float32():
+  x = jnp.full(4, 3.0, jnp.bfloat16)
+  y = jaxdrop.dropout(None, x, 0.1, inverted=False, deterministic=True)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(y, (jnp.float32(3.0) * (1 - np.float32(0.1))).astype(jnp.bfloat16))
+
+
 def test_float64_rate_just_below_one_scales_by_the_realised_keep():
   with jax.enable_x64(True):
     from jaxdrop import _mask
