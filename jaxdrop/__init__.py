@@ -11,6 +11,7 @@ from ._family import gaussian_dropout as gaussian_dropout
 from ._locked import DropoutMask as DropoutMask
 from ._locked import apply_mask as apply_mask
 from ._locked import make_mask as make_mask
+from ._mask import random_bits as random_bits
 from ._mc import MCResult as MCResult
 from ._mc import mc_dropout as mc_dropout
 
@@ -30,5 +31,6 @@ __all__ = [
     "DropoutMask",
     "mc_dropout",
     "MCResult",
+    "random_bits",
     "__version__",
 ]

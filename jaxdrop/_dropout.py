@@ -13,7 +13,7 @@ from jax.typing import ArrayLike
 from . import _validate as check
 from ._core import apply_noise, forward_mode_hint, noise_op
 from ._keys import as_typed_key, mask_words
-from ._mask import MaskSource, bernoulli, drop_threshold
+from ._mask import MaskSource, Threshold, bernoulli, drop_threshold
 
 AUTODIFF_MODES = ("vjp", "jvp")
 
@@ -27,33 +27,31 @@ def compute_dtype(x_dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if x_dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-def bernoulli_scalars(rate: jax.Array, deterministic: jax.Array, kind: str):
+def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str):
   """Parameters of the Bernoulli draw, ``(t, any_kept, mult)``, and the affine part.
 
   `kind` is "inverted" (kept units times 1/keep), "classic" (kept units as they
   are, times keep at test time) or "alpha" (Klambauer et al.: kept units
-  ``a * x + b``, dropped units ``a * alpha' + b``). `keep` is the realised keep
-  probability. Deterministic calls keep every unit (``t = 0``) with the
+  ``a * x + b``, dropped units ``a * alpha' + b``), with keep the realised keep
+  probability of `threshold`. Deterministic calls keep every unit (``t = 0``) with the
   test-time factor. A traced rate outside [0, 1] or NaN cannot raise under `jit`;
   it keeps every unit and makes the factor NaN, so the whole output is NaN rather
   than silently wrong.
   """
-  t, any_kept, keep = drop_threshold(rate)
-  one, zero = jnp.ones((), rate.dtype), jnp.zeros((), rate.dtype)
-  safe_keep = jnp.where(any_kept, keep, one)
+  t, any_kept, keep, drop, inverse_keep, valid = threshold
+  one, zero = jnp.ones((), keep.dtype), jnp.zeros((), keep.dtype)
   affine = None
   if kind == "inverted":
-    train, test = jnp.where(any_kept, one / safe_keep, zero), one
+    train, test = inverse_keep, one
   elif kind == "classic":
     train, test = one, keep
   else:
-    spread = 1 + (1 - keep) * ALPHA_PRIME**2
-    train = jnp.where(any_kept, jax.lax.rsqrt(safe_keep * spread), zero)
-    shift = jnp.where(any_kept, -train * ALPHA_PRIME * (1 - keep), zero)
+    spread = 1 + drop * ALPHA_PRIME**2
+    train = jnp.where(any_kept, jax.lax.rsqrt(jnp.where(any_kept, keep, one) * spread), zero)
+    shift = jnp.where(any_kept, -train * ALPHA_PRIME * drop, zero)
     fill = ALPHA_PRIME * jnp.sqrt(keep / spread)  # a * alpha' + b, finite (0) at rate 1
     test = one
     affine = (jnp.where(deterministic, zero, shift), fill)
-  valid = (rate >= 0) & (rate <= 1)
   use_all = deterministic | ~valid
   t = jnp.where(use_all, jnp.uint32(0), t)
   any_kept = any_kept | use_all
@@ -88,10 +86,9 @@ def block_position(shard_spec, shape, shared_axes):
 
 @functools.partial(jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff",
                                              "shard_spec"))
-def _bernoulli_dropout(key, x, rate, deterministic, *, shared_axes, kind, recompute, autodiff,
+def _bernoulli_dropout(key, x, threshold, deterministic, *, shared_axes, kind, recompute, autodiff,
                        shard_spec):
-  rate = jnp.asarray(rate, compute_dtype(x.dtype))
-  params, affine = bernoulli_scalars(rate, deterministic, kind)
+  params, affine = bernoulli_scalars(threshold, deterministic, kind)
   offsets, global_shape = (None, None) if shard_spec is None else block_position(
       shard_spec, x.shape, shared_axes)
   return noise_op(
@@ -101,10 +98,9 @@ def _bernoulli_dropout(key, x, rate, deterministic, *, shared_axes, kind, recomp
 
 
 @jax.jit
-def _scale_by_keep(x, rate):
+def _scale_by_keep(x, threshold):
   """Classic dropout at test time: `x` times the keep probability that training realises."""
-  rate = jnp.asarray(rate, compute_dtype(x.dtype))
-  (_, _, mult), _ = bernoulli_scalars(rate, jnp.bool_(True), "classic")
+  (_, _, mult), _ = bernoulli_scalars(threshold, jnp.bool_(True), "classic")
   return apply_noise(None, mult, x)
 
 
@@ -127,13 +123,14 @@ def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes,
                   autodiff, shard_spec=None):
   """The path every Bernoulli member takes once its own arguments are checked."""
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
+  threshold = drop_threshold(rate, compute_dtype(x.dtype))
   if deterministic is True:
-    return _scale_by_keep(x, rate) if kind == "classic" else x
+    return _scale_by_keep(x, threshold) if kind == "classic" else x
   if rate_value == 0.0:
     return x
   key = require_key(name, key, rate, deterministic)
   with forward_mode_hint(name):
-    return _bernoulli_dropout(key, x, rate, deterministic, shared_axes=shared_axes, kind=kind,
+    return _bernoulli_dropout(key, x, threshold, deterministic, shared_axes=shared_axes, kind=kind,
                               recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
@@ -162,7 +159,8 @@ def dropout(
   ``inverted=False``, returns ``x * m`` while training and ``x * (1 - rate)``
   when `deterministic`. Dropped units are exact zeros even where `x` is NaN or
   inf. The keep probability realised is ``1 - round(rate * 2**32) / 2**32``
-  (any rate > 0 drops with probability at least ``2**-32``), and the inverted
+  (any rate > 0 drops with probability at least ``2**-32``; a concrete rate is converted
+  exactly, in float64 on the host), and the inverted
   scale is one over that realised value, so :math:`\mathbb{E}[y] = x`.
 
   The derivative is the same mask and scale applied to the incoming gradient,

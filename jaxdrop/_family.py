@@ -277,13 +277,25 @@ def _gaussian_draw(source, layout, sigma, any_kept):
   return any_kept, 1 + sigma * standard_normal(source, layout)
 
 
+def _gaussian_sigma(rate, dtype):
+  """``(sigma, any_kept, valid)`` for a rate: sigma = sqrt(rate / (1 - rate)), 0 at rate 1.
+
+  A concrete rate is converted in float64 on the host (in float32 a rate such as 1 - 1e-8
+  would be 1 and give zeros instead of its huge noise); a traced one in `dtype`.
+  """
+  if check.is_traced(rate):
+    rate = jnp.asarray(rate, dtype)
+    any_kept = rate < 1
+    sigma = jnp.sqrt(rate / jnp.where(any_kept, 1 - rate, 1))
+    return jnp.where(any_kept, sigma, 0), any_kept, (rate >= 0) & (rate <= 1)
+  rate = float(rate)
+  sigma = math.sqrt(rate / (1 - rate)) if rate < 1 else 0.0
+  return np.float32(sigma), np.bool_(rate < 1), np.bool_(True)
+
+
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
-def _gaussian(key, x, rate, deterministic, *, recompute, autodiff, shard_spec):
-  rate = jnp.asarray(rate, compute_dtype(x.dtype))
-  any_kept = rate < 1
-  valid = (rate >= 0) & (rate <= 1)
-  sigma = jnp.sqrt(rate / jnp.where(any_kept, 1 - rate, 1))
-  sigma = jnp.where(deterministic, 0, jnp.where(any_kept, sigma, 0))
+def _gaussian(key, x, sigma, any_kept, valid, deterministic, *, recompute, autodiff, shard_spec):
+  sigma = jnp.where(deterministic, 0, sigma)
   # A traced rate outside [0, 1] keeps every unit with NaN noise: a loud output.
   sigma = jnp.where(valid, sigma, jnp.nan).astype(jnp.float32)
   offsets, global_shape = (None, None) if shard_spec is None else block_position(
@@ -346,8 +358,8 @@ def gaussian_dropout(
     return x
   key = require_key("gaussian_dropout", key, rate, deterministic)
   with forward_mode_hint("gaussian_dropout"):
-    return _gaussian(key, x, rate, deterministic, recompute=recompute, autodiff=autodiff,
-                     shard_spec=shard_spec)
+    return _gaussian(key, x, *_gaussian_sigma(rate, compute_dtype(x.dtype)), deterministic,
+                     recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
 
 
 def _coverage(size: int, block: int) -> np.ndarray:
@@ -386,20 +398,24 @@ class _BlockDraw:
     return ~dropped & any_kept, scale
 
 
+def _seed_threshold(rate, ratio: float):
+  """The threshold of DropBlock's seed rate ``gamma = clip(rate * ratio, 0, 1)``, with
+  `any_kept` and `valid` those of `rate`; exact on the host for a concrete rate."""
+  if check.is_traced(rate):
+    rate = jnp.asarray(rate, jnp.float32)
+    seeds = drop_threshold(jnp.clip(rate * np.float32(ratio), 0, 1))
+    return seeds._replace(any_kept=rate < 1, valid=(rate >= 0) & (rate <= 1))
+  seeds = drop_threshold(min(float(rate) * ratio, 1.0))
+  return seeds._replace(any_kept=np.bool_(float(rate) < 1))
+
+
 @functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff"))
-def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
-  rate = jnp.asarray(rate, jnp.float32)
-  spatial = [x.shape[axis] for axis in draw.spatial_axes]
-  b = draw.block_size
-  ratio = math.prod(spatial) / math.prod(s - b + 1 for s in spatial) / b ** len(spatial)
-  gamma = jnp.clip(rate * ratio, 0, 1)
-  t, _, keep_seed = drop_threshold(gamma)
-  valid = (rate >= 0) & (rate <= 1)
+def _drop_block(key, x, seeds, deterministic, *, draw, recompute, autodiff):
   # No seed when deterministic or when a traced rate is invalid; the latter makes gamma, and
   # so every unit's scale, NaN: a loud output rather than a silently clipped rate.
-  t = jnp.where(deterministic | ~valid, jnp.uint32(0), t)
-  realised_gamma = jnp.where(deterministic, 0, jnp.where(valid, 1 - keep_seed, jnp.nan))
-  any_kept = (rate < 1) | deterministic | ~valid
+  t = jnp.where(deterministic | ~seeds.valid, jnp.uint32(0), seeds.t)
+  realised_gamma = jnp.where(deterministic, 0, jnp.where(seeds.valid, seeds.drop, jnp.nan))
+  any_kept = seeds.any_kept | deterministic | ~seeds.valid
   return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
                   mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
 
@@ -476,8 +492,11 @@ def drop_block(
     return x
   key = require_key("drop_block", key, rate, deterministic)
   with forward_mode_hint("drop_block"):
-    return _drop_block(key, x, rate, deterministic, draw=_BlockDraw(int(block_size), axes),
-                       recompute=recompute, autodiff=autodiff)
+    spatial = [x.shape[axis] for axis in axes]
+    b = int(block_size)
+    ratio = math.prod(spatial) / math.prod(s - b + 1 for s in spatial) / b ** len(spatial)
+    return _drop_block(key, x, _seed_threshold(rate, ratio), deterministic,
+                       draw=_BlockDraw(b, axes), recompute=recompute, autodiff=autodiff)
 
 
 def drop_connect(

@@ -16,7 +16,7 @@ from . import _validate as check
 from ._core import forward_mode_hint, noise_op
 from ._dropout import AUTODIFF_MODES, bernoulli_scalars, require_key
 from ._keys import mask_words
-from ._mask import MaskLayout, MaskSource, keep_mask
+from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
 
 class DropoutMask(NamedTuple):
@@ -26,9 +26,9 @@ class DropoutMask(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "inverted"))
-def _make_mask(key, rate, *, shape, inverted):
-  rate = jnp.asarray(rate, jnp.float32)
-  (t, any_kept, scale), _ = bernoulli_scalars(rate, jnp.bool_(False), "inverted" if inverted else "classic")
+def _make_mask(key, threshold, *, shape, inverted):
+  (t, any_kept, scale), _ = bernoulli_scalars(threshold, jnp.bool_(False),
+                                              "inverted" if inverted else "classic")
   return DropoutMask(keep_mask(MaskSource(mask_words(key)), MaskLayout(shape), t, any_kept), scale)
 
 
@@ -85,7 +85,7 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
     raise TypeError(f"make_mask needs a PRNG key (e.g. jax.random.key(0)) unless rate is a "
                     f"concrete 0, got key=None with rate={rate!r}")
   key = require_key("make_mask", key, rate, False)
-  return _make_mask(key, rate, shape=shape, inverted=inverted)
+  return _make_mask(key, drop_threshold(rate), shape=shape, inverted=inverted)
 
 
 def _given(source, layout, keep, scale):

@@ -1,25 +1,40 @@
-"""The mask generator: 32 random bits per element for the cost of a few integer ops.
+"""The mask generator (stream version 2): 32 random bits per element for a few integer ops.
 
-One Threefry-2x32 hash (JAX's primitive, 20 rounds) is spent per row of the
-mask, a row being the elements along the last axis at one index of the leading
-axes; it is keyed by the mask words and counted by the row's flat index. Its two
-output words seed the row: each element then gets its own 32 bits from a keyed
-integer finaliser (lowbias32, C. Wellons, with the second word mixed in
-mid-way) applied to the counter ``seed + column``. Rows are thus independent
-Threefry streams, and within a row the finaliser is a bijection of distinct
-inputs. The bits of an element depend only on the key and the
-element's global index, never on the mesh or the batch, so every shard can draw
-its own part of the mask; and the seed is broadcast along the last axis without
-any reshape, so XLA's fused loop vectorises.
+Element ``(r, c)`` of a mask, ``r`` the flat index of its row (all axes but the last) and
+``c`` its index along the last axis, both global, gets
 
-An element is kept when its 32 bits, read as a signed integer, are at least
-``t - 2**31`` with ``t = round(rate * 2**32)``: the realised drop probability
-is ``t / 2**32``.
+    s0, s1 = threefry2x32(mask words; counter (r, 0))     # once per row
+    w      = c * 0x9E3779B9  (mod 2**32)                  # a Weyl step, once per column
+    v      = (s0 + w) ^ s1
+    bits   = lowbias32(v) ^ w ^ 0x80000000
+
+One Threefry-2x32 hash (JAX's primitive, 20 rounds) is spent per row; it is keyed by the
+mask words (see `_keys.mask_words`) and its two output words key the row: a 64-bit row key,
+so two rows share their inputs only if both words agree. The column's Weyl step spreads
+neighbouring columns across the 32-bit space, lowbias32 (C. Wellons' full two-round integer
+finaliser) mixes, and xoring the Weyl step back in (a feed-forward) makes each row a random
+function of the column rather than a bijection: a long row repeats 32-bit values as often
+as random data does. The stream passes PractRand to many gigabytes on row-major, column-major,
+long-row, packed-mask and across-key streams (README, "The mask stream");
+`benchmarks/rng_quality.py` writes each stream for the batteries.
+
+The bits of an element depend only on the key and its global index, never on the mesh or the
+batch: every shard, or any block (an attention tile), can be drawn alone and equals that block
+of the whole mask. Row keys are broadcast along the last axis and the column term along the
+others, without any reshape, so XLA's fused loop vectorises.
+
+An element is kept when its bits, read as unsigned, are at least ``t = round(rate * 2**32)``
+(``t`` clamped to ``[1, 2**32 - 1]`` for ``0 < rate < 1``): the realised drop probability is
+``t / 2**32``. The mask path computes the bits before their top bit is flipped and compares
+them signed with ``t ^ 2**31``, which is the same test in one vector instruction.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -28,21 +43,37 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._keys import threefry2x32
+from ._keys import as_typed_key, mask_words, threefry2x32
+from ._validate import is_traced
 
-_M1 = np.uint32(0x7FEB352D)
+STREAM_VERSION = 2
+
+_M1 = np.uint32(0x7FEB352D)  # lowbias32's multipliers
 _M2 = np.uint32(0x846CA68B)
+_WEYL = np.uint32(0x9E3779B9)  # 2**32 / golden ratio, odd
 _SIGN = np.uint32(0x80000000)
-_TWO32 = 2.0**32
+_TWO32 = 2**32
 
 
-def _finalise(v: jax.Array, salt: jax.Array) -> jax.Array:
+def lowbias32(v: jax.Array) -> jax.Array:
+  """C. Wellons' lowbias32 integer hash: a bijection of uint32 with low avalanche bias."""
   v = v ^ (v >> 16)
   v = v * _M1
-  v = v ^ salt
   v = v ^ (v >> 15)
   v = v * _M2
   return v ^ (v >> 16)
+
+
+def _flipped_element_bits(s0: jax.Array, s1: jax.Array, column: jax.Array) -> jax.Array:
+  """The bits of the element at `column` of the row keyed by ``(s0, s1)`` (broadcasting),
+  with the top bit flipped (the form the signed compare of the mask path reads)."""
+  w = column * _WEYL
+  return lowbias32((s0 + w) ^ s1) ^ w
+
+
+def element_bits(s0: jax.Array, s1: jax.Array, column: jax.Array) -> jax.Array:
+  """The bits of the element at `column` of the row keyed by ``(s0, s1)`` (broadcasting)."""
+  return _flipped_element_bits(s0, s1, column) ^ _SIGN
 
 
 class MaskSource(NamedTuple):
@@ -95,12 +126,22 @@ def _iota(layout: MaskLayout, shape, dimension, axes):
                                   out_sharding=NamedSharding(layout.mesh, spec))
 
 
-def random_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
+def row_keys(words: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The two words keying each row: Threefry-2x32 of the row's flat index under the mask words."""
+  return threefry2x32(words[0], words[1], row, jnp.zeros_like(row))
+
+
+def mask_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
   """uint32 random bits of ``layout.shape``: a pure function of the key words and each
   element's index in the global mask (the block's own index plus its offset, if any)."""
+  return _flipped_bits(source, layout) ^ _SIGN
+
+
+def _flipped_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
+  """`mask_bits` with the top bit flipped."""
   shape = layout.shape
   if not shape:
-    return random_bits(source, MaskLayout((1,))).reshape(())
+    return _flipped_bits(source, MaskLayout((1,))).reshape(())
   *lead, last = shape
   *global_lead, global_last = layout.global_shape or shape
   if math.prod(global_lead) >= 2**32 or global_last >= 2**32:
@@ -113,37 +154,151 @@ def random_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
   for axis in reversed(leading):
     row = row + (_iota(layout, rows, axis, leading) + offsets[axis]) * np.uint32(stride)
     stride *= global_lead[axis]
-  seed, salt = threefry2x32(source.words[0], source.words[1], row, jnp.zeros_like(row))
+  s0, s1 = row_keys(source.words, row)
   column = _iota(layout, (1,) * len(lead) + (last,), len(lead), (len(lead),)) + offsets[-1]
-  return _finalise(seed + column, salt)
+  return _flipped_element_bits(s0, s1, column)
 
 
-def drop_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Threshold of a traced drop rate in [0, 1]: ``(t, any_kept, keep)``.
+class Threshold(NamedTuple):
+  """A drop rate as the mask uses it.
 
-  `t` is ``round(rate * 2**32)`` as uint32, at least 1 for any rate > 0 (a small
-  rate never rounds to "never drop"). `any_kept` is False only for rate 1,
-  whose threshold does not fit in 32 bits. `keep` is the realised keep
-  probability ``1 - t / 2**32`` in the rate's float dtype.
+  `t` is the uint32 threshold (a unit is dropped when its bits are below it); `any_kept` is
+  False only for rate 1, whose threshold does not fit in 32 bits (its `t` is the largest
+  one); `keep` and `drop` are the
+  realised probabilities ``1 - t / 2**32`` and ``t / 2**32`` in the compute dtype, both
+  computed without cancellation, and `inverse_keep` is ``2**32 / (2**32 - t)`` (0 at rate 1).
+  All three are computed from the integers ``t`` and ``2**32 - t`` with the same float
+  operations whether the rate is concrete or traced, so both give bit-identical outputs for
+  the same value of the rate. `valid` is False for a traced rate outside [0, 1] or NaN.
   """
-  t = jnp.round(rate * _TWO32)
+  t: jax.Array
+  any_kept: jax.Array
+  keep: jax.Array
+  drop: jax.Array
+  inverse_keep: jax.Array
+  valid: jax.Array
+
+
+def _realised(t: int | jax.Array, any_kept, dtype, xp):
+  """``(keep, drop, inverse_keep)`` from the integer threshold, with NumPy (`xp=np`, on the
+  host) or jax.numpy (traced): the same float operations, so the same values."""
+  kept_count = xp.where(t == 0, xp.asarray(_TWO32, dtype),
+                        xp.asarray(xp.uint32(0) - xp.uint32(t)).astype(dtype))  # 2**32 - t
+  scale = xp.asarray(1 / _TWO32, dtype)
+  keep = xp.where(any_kept, kept_count * scale, 0).astype(dtype)
+  drop = xp.where(any_kept, xp.asarray(t).astype(dtype) * scale, 1).astype(dtype)
+  inverse_keep = xp.where(any_kept, xp.asarray(_TWO32, dtype) / kept_count, 0).astype(dtype)
+  return keep, drop, inverse_keep
+
+
+def _host_threshold(rate: float, dtype) -> Threshold:
+  """Exact threshold of a concrete rate, in float64 on the host.
+
+  ``rate * 2**32`` is exact in float64 and Python's `round` rounds it exactly (ties to
+  even, as `jnp.round`), so the realised rate is within ``2**-33`` of `rate` except where
+  the clamp to ``[1, 2**32 - 1]`` applies (rates below ``2**-33`` or above ``1 - 2**-33``).
+  """
+  any_kept = np.bool_(rate < 1)
+  t = np.uint32(0 if rate == 0 else min(max(round(rate * _TWO32), 1), _TWO32 - 1))
+  with np.errstate(over="ignore"):  # 0 - t wraps around, as in uint32 arithmetic
+    realised = _realised(t, any_kept, dtype, np)
+  return Threshold(t, any_kept, *realised, np.bool_(True))
+
+
+def _traced_threshold(rate: jax.Array, dtype) -> Threshold:
+  """The threshold of a traced rate: exact for the rate's value in `dtype` (float32 holds a
+  rate to 24 significant bits, so float32 rates within 2**-25 of 1 are 1)."""
+  rate = jnp.asarray(rate, dtype)
+  t = jnp.round(rate * np.asarray(_TWO32, dtype))
   t = jnp.where(rate > 0, jnp.maximum(t, 1), 0)
-  # The largest threshold below 2**32 that is an integer in the rate's dtype, so that
-  # `keep` below describes exactly the uint32 threshold the mask uses.
-  largest = np.minimum(np.nextafter(np.asarray(_TWO32, rate.dtype), 0), np.asarray(2**32 - 1, rate.dtype))
-  t = jnp.minimum(t, largest)
+  # The largest threshold below 2**32 that is an integer in `dtype` (2**32 - 256 in float32).
+  largest = np.minimum(np.nextafter(np.asarray(_TWO32, dtype), 0), np.asarray(_TWO32 - 1, dtype))
+  t = jnp.minimum(t, largest).astype(jnp.uint32)
   any_kept = rate < 1
-  keep = jnp.where(any_kept, 1 - t / _TWO32, 0).astype(rate.dtype)
-  return t.astype(jnp.uint32), any_kept, keep
+  return Threshold(t, any_kept, *_realised(t, any_kept, dtype, jnp), (rate >= 0) & (rate <= 1))
+
+
+@functools.partial(jax.jit, static_argnames="shape")
+def _random_bits(key, shape):
+  return mask_bits(MaskSource(mask_words(key)), MaskLayout(shape))
+
+
+def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+  r"""The uint32 random bits behind every jaxdrop mask and noise (mask stream version 2).
+
+  For element :math:`(r, c)` of `shape`, :math:`r` the flat index of its row (every axis
+  but the last) and :math:`c` its index along the last axis,
+
+  .. math::
+
+     (s_0, s_1) = \mathrm{Threefry2x32}_{k}(r, 0), \quad w = c \cdot \mathtt{0x9E3779B9},
+     \quad \text{bits}_{r,c} = \mathrm{lowbias32}\big((s_0 + w) \oplus s_1\big)
+     \oplus w \oplus \mathtt{0x80000000}
+
+  in 32-bit unsigned arithmetic, with :math:`k` two words hashed from `key` (so the
+  stream is distinct from `jax.random`'s streams of the same key). The bits of an element
+  depend only on the key and its index, so any block of the array equals the same block
+  drawn as part of a larger call with the same trailing size, and jaxdrop draws the same
+  bits whether or not the array is sharded.
+
+  `jaxdrop.dropout` keeps unit ``i`` exactly where ``random_bits(key, shape)[i] >= t``, with
+  ``shape`` the mask's shape (that of `x`, with size 1 on `broadcast_dims`) and
+  ``t = round(rate * 2**32)`` clamped to ``[1, 2**32 - 1]`` for ``0 < rate < 1``; the
+  same bits give `gaussian_dropout`'s noise (from their top 24 bits) and DropBlock's seeds.
+  The stream passes PractRand and TestU01 (see the README) and is pinned by golden values:
+  a change to it is a new stream version, recorded in the changelog.
+
+  Args:
+    key: a PRNG key, typed (`jax.random.key`, any implementation) or legacy
+      (`jax.random.PRNGKey`); one key, not a batch.
+    shape: the shape of the result, a sequence of non-negative ints; fewer than
+      2**32 rows (the product of all axes but the last) and columns.
+
+  Returns:
+    A ``uint32`` array of `shape`.
+
+  Examples:
+    >>> import jax, jaxdrop
+    >>> bits = jaxdrop.random_bits(jax.random.key(0), (2, 3))
+    >>> bits.dtype, bits.shape
+    (dtype('uint32'), (2, 3))
+    >>> bool((jaxdrop.random_bits(jax.random.key(0), (4, 3))[:2] == bits).all())
+    True
+
+  References:
+    Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC (2011)
+    (Threefry); C. Wellons, "Prospecting for hash functions" (2018) (lowbias32).
+  """
+  key = as_typed_key(key, name="key")
+  try:
+    shape = tuple(operator.index(d) for d in shape)
+  except TypeError as err:
+    raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from err
+  if any(d < 0 for d in shape):
+    raise ValueError(f"shape must have non-negative sizes, got {shape!r}")
+  return _random_bits(key, shape)
+
+
+def drop_threshold(rate, dtype=jnp.float32) -> Threshold:
+  """The `Threshold` of a drop rate in [0, 1].
+
+  A concrete rate (a Python or NumPy number, or a concrete array) is converted exactly on
+  the host, a traced one in the graph; either way the result can be passed into a jitted
+  function, where a new rate does not retrace. Any rate > 0 has ``t >= 1`` (a small rate
+  never rounds to "never drop") and any rate < 1 ``t <= 2**32 - 1``.
+  """
+  if is_traced(rate):
+    return _traced_threshold(rate, dtype)
+  return _host_threshold(float(rate), dtype)
 
 
 def keep_mask(source: MaskSource, layout: MaskLayout, t, any_kept) -> jax.Array:
-  """Boolean keep mask of ``layout.shape``: True where the element is kept.
+  """Boolean keep mask of ``layout.shape``: True where the element is kept, ``bits >= t``.
 
   The comparison is signed (bits and threshold both offset by 2**31), which
   vectorises to one instruction where an unsigned one takes three.
   """
-  bits = jax.lax.bitcast_convert_type(random_bits(source, layout), jnp.int32)
+  bits = jax.lax.bitcast_convert_type(_flipped_bits(source, layout), jnp.int32)
   threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
   return (bits >= threshold) & any_kept
 
@@ -158,7 +313,7 @@ def standard_normal(source: MaskSource, layout: MaskLayout) -> jax.Array:
 
   Written with `lax.erf_inv`, an elementwise primitive, so it keeps any sharding.
   """
-  return normal_from_bits(random_bits(source, layout))
+  return normal_from_bits(mask_bits(source, layout))
 
 
 def normal_from_bits(bits: jax.Array) -> jax.Array:

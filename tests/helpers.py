@@ -1,6 +1,9 @@
 """Plain reference implementations the tests compare jaxdrop against."""
 
+from fractions import Fraction
+
 import jax.numpy as jnp
+import numpy as np
 
 import jaxdrop
 
@@ -28,3 +31,17 @@ def reference_dropout(mask, x, scale):
   work = jnp.float32 if jnp.finfo(x.dtype).bits < 32 else x.dtype
   kept = (x.astype(work) * jnp.asarray(scale, work)).astype(x.dtype)
   return jnp.where(mask, kept, jnp.zeros((), x.dtype))
+
+
+def threshold(rate) -> int:
+  """The documented 32-bit threshold of a concrete rate, with exact rationals:
+  round(rate * 2**32), clamped to [1, 2**32 - 1] for 0 < rate < 1."""
+  if rate == 0:
+    return 0
+  return min(max(round(Fraction(rate) * 2**32), 1), 2**32 - 1)
+
+
+def inverted_scale(rate) -> np.float32:
+  """Inverted dropout's float32 scale for a concrete rate: 2**32 / (2**32 - threshold), the
+  count 2**32 - threshold rounded to float32 before the division (0 at rate 1)."""
+  return np.float32(2**32) / np.float32(2**32 - threshold(rate)) if rate < 1 else np.float32(0)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import observed_mask
+from helpers import inverted_scale, observed_mask
 
 import jaxdrop
 
@@ -23,7 +23,8 @@ def test_every_output_is_zero_or_scaled_input(dtype, rate):
   y = jaxdrop.dropout(jax.random.key(3), x, rate)
   assert y.dtype == x.dtype and y.shape == x.shape
   mask = observed_mask(jax.random.key(3), SHAPE, rate)
-  scale = jnp.float32(1 / (1 - np.float32(rate)))
+  # The scale is one over the realised keep probability, computed exactly from the rate.
+  scale = inverted_scale(rate)
   # Half precision is scaled in float32 and rounded once.
   np.testing.assert_array_equal(y, jnp.where(mask, (x.astype(jnp.float32) * scale).astype(dtype), 0))
   assert 0 < mask.sum() < mask.size
@@ -115,7 +116,7 @@ def test_float16_high_rate_has_no_overflow():
   kept = y != 0
   assert not bool(jnp.any(jnp.isnan(y) | jnp.isinf(y)))
   assert int(kept[2**19:].sum()) > 0
-  expected = (jnp.float32(1e-4).astype(jnp.float16).astype(jnp.float32) / np.float32(1 - np.float32(0.99999)))
+  expected = jnp.float32(1e-4).astype(jnp.float16).astype(jnp.float32) * inverted_scale(0.99999)
   np.testing.assert_allclose(np.asarray(y[2**19:][kept[2**19:]], np.float32), expected, rtol=1e-3)
 
 
@@ -135,7 +136,7 @@ def test_classic_test_time_scales_half_precision_in_float32():
 def test_float64_rate_just_below_one_scales_by_the_realised_keep():
   with jax.enable_x64(True):
     from jaxdrop import _mask
-    t, any_kept, keep = _mask.drop_threshold(jnp.float64(1 - 1e-12))
+    t, any_kept, keep, *_ = _mask.drop_threshold(jnp.float64(1 - 1e-12), jnp.float64)
     assert int(t) == 2**32 - 1 and bool(any_kept) and float(keep) == 2.0**-32
 
 

@@ -49,4 +49,4 @@ def test_mask_of_a_fixed_key_is_stable():
   assert packed == EXPECTED_FIRST_32_KEPT_BITS, hex(packed)
 
 
-EXPECTED_FIRST_32_KEPT_BITS = 0x8E23BA72  # recorded on jax 0.10.2 (row-seeded generator)
+EXPECTED_FIRST_32_KEPT_BITS = 0xE79AFF67  # recorded on jax 0.10.2 (mask stream 2)

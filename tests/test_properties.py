@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import reference_dropout
+from helpers import inverted_scale, reference_dropout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,8 +39,7 @@ def test_output_is_zero_or_scaled_and_gradient_matches(case):
   assert y.shape == x.shape and y.dtype == x.dtype
 
   mask = jaxdrop.dropout(key, jnp.ones(shape), rate, **options) != 0
-  keep = 1 - np.float32(rate)
-  scale = (np.float32(1) / keep if keep > 0 else 0.0) if case["inverted"] else 1.0
+  scale = inverted_scale(rate) if case["inverted"] else 1.0
   expected = reference_dropout(mask, x, jnp.float32(scale))
   np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(expected, np.float32))
 

@@ -4,7 +4,7 @@ import jaxdrop
 def test_public_surface():
   functions = ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
                "gaussian_dropout", "drop_path", "drop_block", "drop_connect", "make_mask",
-               "apply_mask", "mc_dropout"]
+               "apply_mask", "mc_dropout", "random_bits"]
   assert sorted(jaxdrop.__all__) == sorted(functions + ["DropoutMask", "MCResult", "__version__"])
   for name in functions:
     assert callable(getattr(jaxdrop, name)), name
