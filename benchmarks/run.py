@@ -276,8 +276,9 @@ def allocator() -> str:
   return "system malloc (on glibc, arrays over 32 MB are mapped afresh and page-fault on every call)"
 
 
-def reexec_with_jemalloc(argv) -> None:
-  """Restarts this process under jemalloc that keeps freed pages, if it is installed.
+def reexec_with_jemalloc(argv, script: str = __file__) -> None:
+  """Restarts this process (`script` with `argv`) under jemalloc that keeps freed pages, if
+  it is installed.
 
   glibc maps every allocation over 32 MB afresh, so at 16M float32 elements each call of
   every implementation pays ~16K page faults, which hides the kernels' own cost. With
@@ -286,7 +287,7 @@ def reexec_with_jemalloc(argv) -> None:
   if "jemalloc" in os.environ.get("LD_PRELOAD", "") or not os.path.exists(JEMALLOC):
     return
   env = dict(os.environ, LD_PRELOAD=JEMALLOC, MALLOC_CONF=_KEEP_PAGES)
-  os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
+  os.execve(sys.executable, [sys.executable, os.path.abspath(script), *argv], env)
 
 
 def main(argv=None):
