@@ -78,8 +78,10 @@ def jaxdrop_block(stream: str, key, i: int):
 def threefry_block(stream: str, key, i: int):
   """The control: `jax.random.bits` in the layout of `stream`, a fresh key per block."""
   k = jax.random.fold_in(key, i)
-  if stream in ("rows", "long"):
+  if stream == "rows":
     return jax.random.bits(k, (BLOCK // WIDTH, WIDTH))
+  if stream == "long":
+    return jax.random.bits(k, (BLOCK,))
   if stream == "cols":
     return jax.random.bits(k, (TALL, BLOCK // TALL)).T
   if stream == "masks":

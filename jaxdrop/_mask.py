@@ -164,9 +164,9 @@ class Threshold(NamedTuple):
 
   `t` is the uint32 threshold (a unit is dropped when its bits are below it); `any_kept` is
   False only for rate 1, whose threshold does not fit in 32 bits (its `t` is the largest
-  one); `keep` and `drop` are the
-  realised probabilities ``1 - t / 2**32`` and ``t / 2**32`` in the compute dtype, both
-  computed without cancellation, and `inverse_keep` is ``2**32 / (2**32 - t)`` (0 at rate 1).
+  one); `keep` and `drop` are the realised probabilities ``1 - t / 2**32`` and
+  ``t / 2**32`` in the compute dtype, both computed without cancellation, and
+  `inverse_keep` is ``2**32 / (2**32 - t)`` (0 at rate 1).
   All three are computed from the integers ``t`` and ``2**32 - t`` with the same float
   operations whether the rate is concrete or traced, so both give bit-identical outputs for
   the same value of the rate. `valid` is False for a traced rate outside [0, 1] or NaN.
