@@ -25,6 +25,7 @@ import pathlib
 import platform
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -266,6 +267,7 @@ def update_readme(text: str, readme: pathlib.Path = README) -> None:
 
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+RESULTS = pathlib.Path(__file__).parent / "results"
 _KEEP_PAGES = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
@@ -295,7 +297,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 rounds, no plot")
   parser.add_argument("--rounds", type=int, default=15)
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+  parser.add_argument("--out", default=None,
+                      help="folder for the results (default: benchmarks/results, or a temporary "
+                           "folder with --smoke, so a smoke run never overwrites the committed ones)")
   parser.add_argument("--update-readme", action="store_true",
                       help="replace the benchmark section of README.md with these results")
   parser.add_argument("--system-malloc", action="store_true",
@@ -314,6 +318,8 @@ def main(argv=None):
   mlp = mlp_memory(layers=2, width=128, batch=64) if args.smoke else mlp_memory()
   text = report(times, residuals, mlp, sizes, dtypes, impls, missing, rounds)
   print(text)
+  if args.out is None:
+    args.out = tempfile.mkdtemp(prefix="jaxdrop-bench-smoke-") if args.smoke else RESULTS
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.md").write_text(text)

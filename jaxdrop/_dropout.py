@@ -27,6 +27,13 @@ def compute_dtype(x_dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if x_dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
+def nan_unless(valid: jax.Array, dtype) -> jax.Array:
+  """0 where `valid`, NaN where not, computed as ``sqrt(0)`` or ``sqrt(-1)``: unlike
+  ``where(valid, v, nan)`` it never builds a NaN on valid input, so `jax_debug_nans` stays
+  quiet on valid calls (even under `jax.disable_jit`) and fires on invalid ones."""
+  return jnp.sqrt(jnp.where(valid, 0, -1).astype(dtype))
+
+
 def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str):
   """Parameters of the Bernoulli draw, ``(t, any_kept, mult)``, and the affine part.
 
@@ -34,9 +41,11 @@ def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str)
   are, times keep at test time) or "alpha" (Klambauer et al.: kept units
   ``a * x + b``, dropped units ``a * alpha' + b``), with keep the realised keep
   probability of `threshold`. Deterministic calls keep every unit (``t = 0``) with the
-  test-time factor. A traced rate outside [0, 1] or NaN cannot raise under `jit`;
-  it keeps every unit and makes the factor NaN, so the whole output is NaN rather
-  than silently wrong.
+  test-time factor, whatever the rate, as a Python ``deterministic=True`` does (classic
+  dropout's test-time factor is the rate's keep probability: NaN for an invalid rate). A
+  traced rate outside [0, 1] or NaN cannot raise under `jit`; while training it keeps
+  every unit and makes the factor NaN, so the whole output is NaN rather than silently
+  wrong.
   """
   t, any_kept, keep, drop, inverse_keep, valid = threshold
   one, zero = jnp.ones((), keep.dtype), jnp.zeros((), keep.dtype)
@@ -44,18 +53,19 @@ def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str)
   if kind == "inverted":
     train, test = inverse_keep, one
   elif kind == "classic":
-    train, test = one, keep
+    train, test = one, keep + nan_unless(valid, keep.dtype)
   else:
     spread = 1 + drop * ALPHA_PRIME**2
     train = jnp.where(any_kept, jax.lax.rsqrt(jnp.where(any_kept, keep, one) * spread), zero)
     shift = jnp.where(any_kept, -train * ALPHA_PRIME * drop, zero)
-    fill = ALPHA_PRIME * jnp.sqrt(keep / spread)  # a * alpha' + b, finite (0) at rate 1
+    # a * alpha' + b: finite at rate 1, and there +0.0 rather than alpha' * 0 = -0.0.
+    fill = jnp.where(any_kept, ALPHA_PRIME * jnp.sqrt(keep / spread), zero)
     test = one
     affine = (jnp.where(deterministic, zero, shift), fill)
   use_all = deterministic | ~valid
   t = jnp.where(use_all, jnp.uint32(0), t)
   any_kept = any_kept | use_all
-  mult = jnp.where(valid, jnp.where(deterministic, test, train), jnp.nan)
+  mult = jnp.where(deterministic, test, train + nan_unless(valid, keep.dtype))
   return (t, any_kept, mult), affine
 
 
@@ -111,18 +121,25 @@ def check_common(x, rate, deterministic, recompute, autodiff):
           check.choice(autodiff, AUTODIFF_MODES, "autodiff"))
 
 
+def checked_key(key) -> None:
+  """Checks a key that was given even where it will not be used (deterministic, rate 0)."""
+  if key is not None:
+    as_typed_key(key, name="key", wrap=False)
+
+
 def require_key(name: str, key, rate, deterministic) -> jax.Array:
   if key is None:
     raise TypeError(
         f"{name} needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
         f"rate is a concrete 0, got key=None with rate={rate!r}, deterministic={deterministic!r}")
-  return as_typed_key(key, name="key")
+  return as_typed_key(key, name="key", wrap=False)
 
 
 def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes, kind, recompute,
                   autodiff, shard_spec=None):
   """The path every Bernoulli member takes once its own arguments are checked."""
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
+  checked_key(key)
   threshold = drop_threshold(rate, compute_dtype(x.dtype))
   if deterministic is True:
     return _scale_by_keep(x, threshold) if kind == "classic" else x

@@ -22,8 +22,8 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import (AUTODIFF_MODES, block_position, check_common, compute_dtype, require_key,
-                       run_bernoulli)
+from ._dropout import (AUTODIFF_MODES, block_position, check_common, checked_key, compute_dtype,
+                       nan_unless, require_key, run_bernoulli)
 from ._keys import mask_words
 from ._mask import MaskSource, drop_threshold, keep_mask, standard_normal
 
@@ -295,9 +295,8 @@ def _gaussian_sigma(rate, dtype):
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
 def _gaussian(key, x, sigma, any_kept, valid, deterministic, *, recompute, autodiff, shard_spec):
-  sigma = jnp.where(deterministic, 0, sigma)
-  # A traced rate outside [0, 1] keeps every unit with NaN noise: a loud output.
-  sigma = jnp.where(valid, sigma, jnp.nan).astype(jnp.float32)
+  # A traced rate outside [0, 1] keeps every unit with NaN noise while training: a loud output.
+  sigma = jnp.where(deterministic, 0, sigma + nan_unless(valid, jnp.float32)).astype(jnp.float32)
   offsets, global_shape = (None, None) if shard_spec is None else block_position(
       shard_spec, x.shape, ())
   return noise_op(MaskSource(mask_words(key), offsets), x, (sigma, any_kept | deterministic | ~valid),
@@ -354,6 +353,7 @@ def gaussian_dropout(
   x, rate_value, deterministic, recompute, autodiff = check_common(
       x, rate, deterministic, recompute, autodiff)
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
+  checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("gaussian_dropout", key, rate, deterministic)
@@ -414,7 +414,7 @@ def _drop_block(key, x, seeds, deterministic, *, draw, recompute, autodiff):
   # No seed when deterministic or when a traced rate is invalid; the latter makes gamma, and
   # so every unit's scale, NaN: a loud output rather than a silently clipped rate.
   t = jnp.where(deterministic | ~seeds.valid, jnp.uint32(0), seeds.t)
-  realised_gamma = jnp.where(deterministic, 0, jnp.where(seeds.valid, seeds.drop, jnp.nan))
+  realised_gamma = jnp.where(deterministic, 0, seeds.drop + nan_unless(seeds.valid, seeds.drop.dtype))
   any_kept = seeds.any_kept | deterministic | ~seeds.valid
   return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
                   mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
@@ -484,10 +484,15 @@ def drop_block(
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
   smallest = min(x.shape[axis] for axis in axes)
+  if x.size == 0 and block_size >= 1:
+    return x
   if not 1 <= block_size <= smallest:
+    # The hint only where the block would fit if x were NCHW (axes 2 and 3 spatial).
+    nchw = axes == (1, 2) and x.ndim == 4 and 1 <= block_size <= min(x.shape[2], x.shape[3])
     raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
                      f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
-                     + ("; for NCHW input pass spatial_axes=(2, 3)" if axes == (1, 2) and x.ndim == 4 else ""))
+                     + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else ""))
+  checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("drop_block", key, rate, deterministic)
@@ -556,6 +561,7 @@ def drop_connect(
       raise TypeError(f"drop_connect needs floating array leaves, got {leaf!r} at {where}") from err
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at {where}")
+  checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return params
   key = require_key("drop_connect", key, rate, deterministic)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +26,20 @@ def is_typed_key(key) -> bool:
   return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def as_typed_key(key, *, name: str = "key") -> jax.Array:
-  """Returns `key` as a single typed key; legacy ``uint32`` keys are wrapped.
+def legacy_key_shape() -> tuple[int, ...]:
+  """The shape of a legacy uint32 key of the default implementation (``(2,)`` for Threefry)."""
+  return _legacy_key_shape(jax.config.jax_default_prng_impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _legacy_key_shape(impl: str) -> tuple[int, ...]:
+  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
+
+
+def as_typed_key(key, *, name: str = "key", wrap: bool = True) -> jax.Array:
+  """Returns `key` as a single typed key; legacy ``uint32`` keys are wrapped (or, with
+  ``wrap=False``, returned as they are once checked: `mask_words` reads both, and skipping
+  the wrap saves an eager dispatch per call).
 
   Raises a `TypeError` for anything that is not a key and a `ValueError` for a
   batch of keys, with the advice to `jax.vmap` over it.
@@ -42,9 +56,9 @@ def as_typed_key(key, *, name: str = "key") -> jax.Array:
         f"{name} must be a PRNG key such as jax.random.key(0) (or a legacy uint32 key from "
         f"jax.random.PRNGKey), got {type(key).__name__}"
         + (f" of dtype {np.dtype(dtype).name}" if dtype is not None else f" {key!r}"))
-  expected = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+  expected = legacy_key_shape()
   if key.shape == expected:
-    return jax.random.wrap_key_data(key)
+    return jax.random.wrap_key_data(key) if wrap else key
   if key.shape[-len(expected):] == expected:
     raise ValueError(
         f"{name} must be a single PRNG key, got a batch of legacy keys of shape {key.shape}; "
@@ -55,13 +69,14 @@ def as_typed_key(key, *, name: str = "key") -> jax.Array:
 
 
 def mask_words(key: jax.Array) -> jax.Array:
-  """Hashes a typed key of any implementation down to two uint32 words, ``uint32[2]``.
+  """Hashes a typed key of any implementation (or a legacy uint32 key) down to two uint32
+  words, ``uint32[2]``.
 
   Every implementation (threefry2x32, rbg, unsafe_rbg, philox, ...) is folded
   with Threefry-2x32, so the mask is drawn the same way, per element and per
   shard, whatever the key's implementation, and per-key under `jax.vmap`.
   """
-  data = jax.random.key_data(key).reshape(-1)
+  data = (jax.random.key_data(key) if is_typed_key(key) else jnp.asarray(key, jnp.uint32)).reshape(-1)
   words = [data[i] for i in range(data.shape[0])]
   if len(words) % 2:
     words.append(jnp.uint32(0))

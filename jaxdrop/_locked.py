@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -14,7 +13,7 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import AUTODIFF_MODES, bernoulli_scalars, require_key
+from ._dropout import AUTODIFF_MODES, bernoulli_scalars, checked_key, require_key
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
@@ -69,16 +68,10 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
     Gal and Ghahramani, "A theoretically grounded application of dropout in
     recurrent neural networks", NeurIPS (2016).
   """
-  try:
-    if any(isinstance(d, (bool, np.bool_)) for d in shape):
-      raise TypeError
-    shape = tuple(operator.index(d) for d in shape)
-  except TypeError as err:
-    raise TypeError(f"shape must be a sequence of integers, got {shape!r}") from err
-  if any(d < 0 for d in shape):
-    raise ValueError(f"shape must hold non-negative sizes, got {shape!r}")
+  shape = check.shape(shape, "shape")
   rate_value = check.probability(rate, "rate")
   inverted = check.static_bool(inverted, "inverted")
+  checked_key(key)
   if rate_value == 0.0:
     return DropoutMask(jnp.ones(shape, bool), jnp.ones((), jnp.float32))
   if key is None:
@@ -137,5 +130,11 @@ def apply_mask(mask: DropoutMask, x: ArrayLike, *,
     raise ValueError(f"mask.scale must be a scalar, got shape {jnp.shape(scale)} (a batch of masks "
                      "from jax.vmap(make_mask) must be applied inside jax.vmap too)")
   with forward_mode_hint("apply_mask"):
-    return noise_op(None, x, (keep, jnp.asarray(scale)), draw=_given, mask_shape=keep.shape,
-                    recompute=False, autodiff=autodiff)
+    return _apply_mask(keep, jnp.asarray(scale), x, autodiff=autodiff)
+
+
+@functools.partial(jax.jit, static_argnames=("autodiff",))
+def _apply_mask(keep, scale, x, *, autodiff):
+  # Jitted, so that an eager call costs one dispatch rather than one per op.
+  return noise_op(None, x, (keep, scale), draw=_given, mask_shape=keep.shape, recompute=False,
+                  autodiff=autodiff)

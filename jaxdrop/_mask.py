@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -44,7 +43,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._keys import as_typed_key, mask_words, threefry2x32
-from ._validate import is_traced
+from . import _validate as check
 
 STREAM_VERSION = 2
 
@@ -145,8 +144,11 @@ def _flipped_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
   *lead, last = shape
   *global_lead, global_last = layout.global_shape or shape
   if math.prod(global_lead) >= 2**32 or global_last >= 2**32:
-    raise ValueError("jaxdrop masks support axes of fewer than 2**32 rows and columns, got shape "
-                     f"{layout.global_shape or shape}")
+    raise ValueError(
+        "jaxdrop masks need fewer than 2**32 rows (the product of all axes but the last, here "
+        f"{math.prod(global_lead)}) and fewer than 2**32 columns (the last axis, here {global_last}),"
+        f" got shape {layout.global_shape or shape}; reshaping x to move size into the last axis "
+        "keeps the same number of elements")
   offsets = source.offsets or (np.uint32(0),) * len(shape)
   rows, leading = (*lead, 1), range(len(lead))
   row = _iota(layout, rows, len(lead), leading)  # zeros, sharded like the rows
@@ -269,14 +271,8 @@ def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC (2011)
     (Threefry); C. Wellons, "Prospecting for hash functions" (2018) (lowbias32).
   """
-  key = as_typed_key(key, name="key")
-  try:
-    shape = tuple(operator.index(d) for d in shape)
-  except TypeError as err:
-    raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from err
-  if any(d < 0 for d in shape):
-    raise ValueError(f"shape must have non-negative sizes, got {shape!r}")
-  return _random_bits(key, shape)
+  key = as_typed_key(key, name="key", wrap=False)
+  return _random_bits(key, check.shape(shape, "shape"))
 
 
 def drop_threshold(rate, dtype=jnp.float32) -> Threshold:
@@ -287,7 +283,7 @@ def drop_threshold(rate, dtype=jnp.float32) -> Threshold:
   function, where a new rate does not retrace. Any rate > 0 has ``t >= 1`` (a small rate
   never rounds to "never drop") and any rate < 1 ``t <= 2**32 - 1``.
   """
-  if is_traced(rate):
+  if check.is_traced(rate):
     return _traced_threshold(rate, dtype)
   return _host_threshold(float(rate), dtype)
 

@@ -29,7 +29,9 @@ def _positive_int(value, name: str) -> int:
 
 
 def _moments(samples):
-  acc = lambda s: s.astype(jnp.promote_types(s.dtype, jnp.float32))
+  # Accumulated in float32 (float64 for float64 samples), cast explicitly: no implicit
+  # promotion, so it also runs under jax_numpy_dtype_promotion="strict".
+  acc = lambda s: s.astype(jnp.float64 if s.dtype == jnp.float64 else jnp.float32)
   return (jax.tree.map(lambda s: acc(s).mean(0), samples),
           jax.tree.map(lambda s: acc(s).var(0), samples))
 
@@ -39,8 +41,9 @@ def _combine(a, b):
   (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
   n = n_a + n_b
   delta = jax.tree.map(lambda x, y: y - x, mean_a, mean_b)
-  mean = jax.tree.map(lambda m, d: m + d * (n_b / n), mean_a, delta)
-  m2 = jax.tree.map(lambda x, y, d: x + y + d * d * (n_a * n_b / n), m2_a, m2_b, delta)
+  as_dtype_of = lambda v, d: jnp.asarray(v).astype(jnp.result_type(d))  # explicit, for strict promotion
+  mean = jax.tree.map(lambda m, d: m + d * as_dtype_of(n_b / n, d), mean_a, delta)
+  m2 = jax.tree.map(lambda x, y, d: x + y + d * d * as_dtype_of(n_a * n_b / n, d), m2_a, m2_b, delta)
   return n, mean, m2
 
 
@@ -93,7 +96,15 @@ def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: 
   if chunk_size is not None:
     chunk_size = min(_positive_int(chunk_size, "chunk_size"), num_samples)
   keys = jax.random.split(as_typed_key(key, name="key"), num_samples)
-  one = lambda k: fn(k, *args)
+
+  def one(k):
+    try:
+      return fn(k, *args)
+    except TypeError as err:
+      if "PRNG key" not in str(err):
+        raise
+      raise TypeError(f"mc_dropout calls fn(key, *args), the key first, with a fresh key per "
+                      f"sample; calling fn raised: {err}") from err
   if return_samples or chunk_size is None:
     samples = jax.lax.map(one, keys, batch_size=chunk_size) if chunk_size else jax.vmap(one)(keys)
     mean, variance = _moments(samples)
@@ -115,4 +126,4 @@ def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: 
   if rest:
     state = _combine(state, chunk_stats(keys[full * chunk_size:]))
   n, mean, m2 = state
-  return MCResult(mean, jax.tree.map(lambda m: m / n, m2), None)
+  return MCResult(mean, jax.tree.map(lambda m: m / n.astype(m.dtype), m2), None)

@@ -13,32 +13,46 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._keys import is_typed_key
+from ._keys import is_typed_key, legacy_key_shape
 
 
 def is_traced(value) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
+_KEY_FIRST = "the key comes first, as in jaxdrop.dropout(key, x, rate)"
+FLOAT_DTYPES = tuple(map(jnp.dtype, (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)))
+
+
+def not_a_key(value, name: str, what: str) -> None:
+  """Raises a `TypeError` with the argument-order hint if `value` is a typed PRNG key."""
+  if is_typed_key(value):
+    raise TypeError(f"{name} is a PRNG key, not {what}: {_KEY_FIRST}")
+
+
 def float_array(x, name: str = "x") -> jax.Array:
   """`x` as a JAX array of a floating dtype."""
-  if is_typed_key(x):
-    raise TypeError(f"{name} is a PRNG key, not an array of activations: the key comes first, "
-                    f"as in jaxdrop.dropout(key, x, rate)")
+  not_a_key(x, name, "an array of activations")
   try:
     x = jnp.asarray(x)
   except (TypeError, ValueError) as err:
     raise TypeError(f"{name} must be an array of a floating dtype, got {type(x).__name__} "
                     f"{str(x)[:80]!r}") from err
-  if not jnp.issubdtype(x.dtype, jnp.floating):
+  if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype not in FLOAT_DTYPES:
+    # float8 formats are floating too, but x / keep overflows them (to NaN in e4m3fn) and
+    # e8m0 has no zero: rejected rather than computed wrongly.
+    looks_like_key = x.dtype == jnp.uint32 and x.shape == legacy_key_shape()
     raise TypeError(
         f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
-        f"got dtype {x.dtype.name}")
+        f"got dtype {x.dtype.name}"
+        + (f"; {name} looks like a legacy PRNG key (jax.random.PRNGKey): {_KEY_FIRST}"
+           if looks_like_key else ""))
   return x
 
 
 def probability(value, name: str = "rate") -> float | None:
   """Checks a probability; returns it as a float if concrete, None if traced."""
+  not_a_key(value, name, "a probability")
   if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}")
   dtype = getattr(value, "dtype", None)
@@ -52,7 +66,10 @@ def probability(value, name: str = "rate") -> float | None:
       raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
   if is_traced(value):
     return None
-  number = float(value)
+  try:
+    number = float(value)
+  except OverflowError:  # a Python int beyond float64's range
+    number = float("inf")
   if not 0.0 <= number <= 1.0:  # also rejects NaN
     raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value!r}")
   return number
@@ -60,6 +77,7 @@ def probability(value, name: str = "rate") -> float | None:
 
 def flag(value, name: str) -> bool | jax.Array:
   """A Python bool, or a traced boolean scalar (selected at run time)."""
+  not_a_key(value, name, "a bool")
   if isinstance(value, (bool, np.bool_)):
     return bool(value)
   dtype = getattr(value, "dtype", None)
@@ -93,6 +111,19 @@ def axes(value, ndim: int, name: str) -> tuple[int, ...]:
   if len(set(out)) != len(out):
     raise ValueError(f"{name} repeats an axis, got {value!r}")
   return tuple(sorted(out))
+
+
+def shape(value, name: str) -> tuple[int, ...]:
+  """A sequence of non-negative ints (not bools) as a tuple."""
+  try:
+    if any(isinstance(d, (bool, np.bool_)) for d in value):
+      raise TypeError
+    out = tuple(operator.index(d) for d in value)
+  except TypeError as err:
+    raise TypeError(f"{name} must be a sequence of integers, got {value!r}") from err
+  if any(d < 0 for d in out):
+    raise ValueError(f"{name} must hold non-negative sizes, got {value!r}")
+  return out
 
 
 def choice(value, options: Sequence[str], name: str) -> str:

@@ -4,9 +4,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from jaxdrop import demo
 
 
+@pytest.mark.optax  # the demo trains with optax.adamw
 def test_demo_runs_and_ends_with_the_accuracy_line(tmp_path, capsys):
   out = tmp_path / "curves.png"
   result = demo.main(["--steps", "300", "--hidden", "64", "--chunks", "3", "--out", str(out)])

@@ -512,3 +512,15 @@ class TestReviewedEdges:
   def test_drop_block_nchw_hint(self):
     with pytest.raises(ValueError, match=r"for NCHW input pass spatial_axes=\(2, 3\)"):
       jaxdrop.drop_block(KEY, jnp.ones((2, 3, 32, 32)), 0.1, 5)
+
+
+def test_drop_block_hints_nchw_only_where_it_would_help_and_passes_empty_arrays():
+  # block_size 0 is wrong in any layout: no NCHW hint. A 3-wide block on an NHWC map of 2 x 2
+  # would fit only as NCHW (32 x 32): the hint.
+  with pytest.raises(ValueError, match="block_size must be between 1") as info:
+    jaxdrop.drop_block(KEY, jnp.ones((2, 8, 8, 3)), 0.1, 0)
+  assert "NCHW" not in str(info.value)
+  with pytest.raises(ValueError, match="NCHW"):
+    jaxdrop.drop_block(KEY, jnp.ones((2, 2, 32, 32)), 0.1, 3)
+  empty = jnp.ones((0, 8, 8, 3))
+  assert jaxdrop.drop_block(KEY, empty, 0.1, 3) is empty

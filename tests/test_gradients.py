@@ -163,3 +163,19 @@ def test_gradient_under_checkpoint_scan_and_vmap(recompute, autodiff):
   for grad in (jax.jit(jax.grad(scanned))(xs), jax.jit(jax.grad(batched))(xs)):
     np.testing.assert_array_equal(grad == 0, expected == 0)  # the same masks, exactly
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)  # tanh' fused differently under jit
+
+
+def test_linearize_and_linear_transpose_as_the_readme_says():
+  # README, "Forward mode": with the default custom_vjp, linearize fails only when its linear
+  # function is called and linear_transpose raises JAX's NotImplementedError; autodiff="jvp"
+  # makes both work, with the same mask.
+  key, x = jax.random.key(0), jnp.arange(1.0, 9.0)
+  y, lin = jax.linearize(lambda v: jaxdrop.dropout(key, v, 0.5), x)
+  with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+    lin(x)
+  with pytest.raises(NotImplementedError):
+    jax.linear_transpose(lambda v: jaxdrop.dropout(key, v, 0.5), x)(x)
+  f = lambda v: jaxdrop.dropout(key, v, 0.5, autodiff="jvp")
+  _, lin = jax.linearize(f, x)
+  np.testing.assert_array_equal(lin(x), y)
+  np.testing.assert_array_equal(jax.linear_transpose(f, x)(x)[0], y)

@@ -20,7 +20,8 @@ MULTI_DEVICE = "xla_force_host_platform_device_count"
 SNIPPETS = [i for i, b in enumerate(BLOCKS) if "def block_fn" in b]  # fragments, run below
 
 
-@pytest.mark.parametrize("index", [i for i in range(len(BLOCKS)) if i not in SNIPPETS])
+@pytest.mark.parametrize("index", [pytest.param(i, marks=pytest.mark.optax) if "optax" in BLOCKS[i] else i
+                                   for i in range(len(BLOCKS)) if i not in SNIPPETS])
 def test_readme_block_runs(index, capsys):
   if MULTI_DEVICE in BLOCKS[index]:
     # It must set XLA_FLAGS before JAX starts: run it in a fresh interpreter.
@@ -52,6 +53,7 @@ print("shard_map ok")
   assert "shard_map ok" in done.stdout
 
 
+@pytest.mark.optax
 def test_quickstart_trains():
   namespace = {}
   exec(compile(BLOCKS[0], "README.md quickstart", "exec"), namespace)

@@ -110,7 +110,7 @@ def test_random_bits_shapes_and_errors():
   assert int(jaxdrop.random_bits(key, ())) == int(jaxdrop.random_bits(key, (1,))[0])
   with pytest.raises(TypeError, match="key must be a PRNG key"):
     jaxdrop.random_bits(jnp.ones(3), (2,))
-  with pytest.raises(TypeError, match="shape must be a sequence of ints"):
+  with pytest.raises(TypeError, match="shape must be a sequence of integers"):
     jaxdrop.random_bits(key, (2.5,))
   with pytest.raises(ValueError, match="non-negative"):
     jaxdrop.random_bits(key, (-1, 2))

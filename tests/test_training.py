@@ -7,6 +7,8 @@ import pytest
 
 import jaxdrop
 
+pytestmark = pytest.mark.optax  # every test here runs optax.adamw
+
 
 def _init(key, sizes):
   params = []

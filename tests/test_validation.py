@@ -105,3 +105,73 @@ def test_static_flags_must_be_python_bools(name):
 def test_bad_autodiff():
   with pytest.raises(ValueError, match="autodiff must be one of 'vjp', 'jvp', got 'fwd'"):
     jaxdrop.dropout(KEY, X, 0.5, autodiff="fwd")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: jaxdrop.dropout(X, 0.5, KEY),  # PyTorch's order
+    lambda: jaxdrop.dropout(KEY, X, KEY),
+    lambda: jaxdrop.dropout(KEY, X, 0.5, deterministic=KEY),
+    lambda: jaxdrop.channel_dropout(KEY, X, KEY),
+])
+def test_a_key_in_the_wrong_place_gets_the_order_hint(call):
+  with pytest.raises(TypeError, match="is a PRNG key, not .*the key comes first"):
+    call()
+
+
+def test_a_legacy_key_in_the_place_of_x_gets_the_order_hint():
+  with pytest.raises(TypeError, match="x looks like a legacy PRNG key.*the key comes first"):
+    jaxdrop.dropout(X, jax.random.PRNGKey(0), 0.5)
+
+
+def test_a_rate_beyond_float_range_is_the_rate_error():
+  with pytest.raises(ValueError, match=r"rate must be in \[0, 1\].*got 1000"):
+    jaxdrop.dropout(KEY, X, 10**400)
+
+
+@pytest.mark.parametrize("member", ["dropout", "gaussian_dropout", "drop_block", "drop_connect"])
+def test_a_bad_key_is_an_error_even_when_unused(member):
+  f = {"dropout": jaxdrop.dropout, "gaussian_dropout": jaxdrop.gaussian_dropout,
+       "drop_connect": jaxdrop.drop_connect,
+       "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 1, **kw)}[member]
+  x = jnp.ones((2, 4, 4, 3))
+  for kwargs in ({"deterministic": True}, {}):
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+      f("not a key", x, 0.5 if kwargs else 0.0, **kwargs)
+  with pytest.raises(TypeError, match="key must be a PRNG key"):
+    jaxdrop.make_mask("not a key", (2, 3), 0.0)
+
+
+def test_the_size_limit_message_names_rows_and_columns():
+  with pytest.raises(ValueError, match=r"fewer than 2\*\*32 rows \(the product of all axes but the "
+                                       r"last, here 4294967296\)"):
+    jax.eval_shape(lambda x: jaxdrop.dropout(KEY, x, 0.5), jax.ShapeDtypeStruct((65536, 65536, 2), jnp.float32))
+
+
+def test_mc_dropout_with_the_key_last_in_fn_names_fns_signature():
+  with pytest.raises(TypeError, match=r"mc_dropout calls fn\(key, \*args\), the key first"):
+    jaxdrop.mc_dropout(lambda x, key: jaxdrop.dropout(key, x, 0.5), KEY, 4, X)
+
+
+def test_eager_calls_with_a_legacy_key_do_no_per_call_key_work(monkeypatch):
+  # A legacy key is checked against a cached shape and read as it is: no eval_shape and no
+  # wrap_key_data per call (each was an eager dispatch, ~1 ms together), and the same mask.
+  legacy = jax.random.PRNGKey(3)
+  expected = jaxdrop.dropout(jax.random.wrap_key_data(legacy), X, 0.5)
+  expected_bits = jaxdrop.random_bits(jax.random.wrap_key_data(legacy), (3,))
+  jaxdrop.dropout(legacy, X, 0.5)
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("per-call key work")
+
+  monkeypatch.setattr(jax, "eval_shape", forbidden)
+  monkeypatch.setattr(jax.random, "wrap_key_data", forbidden)
+  np.testing.assert_array_equal(jaxdrop.dropout(legacy, X, 0.5), expected)
+  np.testing.assert_array_equal(jaxdrop.random_bits(legacy, (3,)), expected_bits)
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "float8_e4m3fnuz"])
+def test_float8_inputs_are_rejected_not_turned_into_nan(dtype):
+  # float8 overflows x / keep (e4m3fn has no inf: NaN) and e8m0 cannot hold a zero.
+  x = jnp.full(64, 104.0, jnp.float32).astype(getattr(jnp, dtype))
+  with pytest.raises(TypeError, match=f"x must have a floating dtype .*got dtype {dtype}"):
+    jaxdrop.dropout(KEY, x, 0.8)

@@ -1,0 +1,54 @@
+"""Debug modes and flags: NaN/inf checks under `jax.disable_jit`, traced `deterministic` against
+an invalid traced rate, signed zeros."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdrop
+from helpers import MEMBERS
+
+KEY = jax.random.key(0)
+X = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
+
+
+@pytest.mark.parametrize("check", [jax.debug_nans, jax.debug_infs], ids=["debug_nans", "debug_infs"])
+@pytest.mark.parametrize("name", MEMBERS)
+def test_no_nan_or_inf_is_built_on_valid_input_op_by_op(name, check):
+  # The usual way to hunt a NaN: every op run eagerly with the check on. A valid call must not
+  # build a NaN or an inf anywhere, not even in a branch of a `where` that is thrown away.
+  with jax.disable_jit(), check(True):
+    for rate in (0.0, 0.3, 1.0):
+      for deterministic in (False, True, jnp.bool_(False), jnp.bool_(True)):
+        y = MEMBERS[name](KEY, X, rate, deterministic=deterministic)
+        assert bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_debug_nans_still_fires_on_an_invalid_traced_rate():
+  # The NaN output makes JAX rerun the call op by op, where the rate is concrete and the
+  # argument check names it.
+  with jax.debug_nans(True), pytest.raises(ValueError, match=r"rate must be in \[0, 1\].*got 1.5"):
+    jax.jit(lambda r: jaxdrop.dropout(KEY, X, r))(1.5)
+
+
+@pytest.mark.parametrize("name", [n for n in MEMBERS])
+def test_traced_deterministic_wins_over_an_invalid_traced_rate(name):
+  # As with a Python deterministic=True, which returns x without looking at the rate.
+  f = jax.jit(lambda r, d: MEMBERS[name](KEY, X, r, deterministic=d))
+  np.testing.assert_array_equal(f(1.5, jnp.bool_(True)), X)
+  np.testing.assert_array_equal(f(jnp.nan, jnp.bool_(True)), X)
+  assert bool(jnp.all(jnp.isnan(f(1.5, jnp.bool_(False)))))
+
+
+def test_classic_deterministic_with_an_invalid_traced_rate_is_nan():
+  # Classic dropout's test-time output is x * keep, which an invalid rate does not define.
+  f = jax.jit(lambda r: jaxdrop.dropout(KEY, X, r, inverted=False, deterministic=True))
+  assert bool(jnp.all(jnp.isnan(f(1.5))))
+  np.testing.assert_allclose(f(0.25), X * 0.75)
+
+
+@pytest.mark.parametrize("f", [jaxdrop.alpha_dropout, jaxdrop.feature_alpha_dropout])
+def test_alpha_dropout_at_rate_one_is_positive_zero(f):
+  y = f(KEY, jnp.ones((2, 8)), 1.0)
+  assert not bool(jnp.any(jnp.signbit(y))) and not bool(jnp.any(y))
