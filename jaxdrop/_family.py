@@ -483,6 +483,10 @@ def drop_block(
     raise ValueError(f"spatial_axes must name at least one axis, got {spatial_axes!r}")
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
+  if any(jax.export.is_symbolic_dim(x.shape[axis]) for axis in axes):
+    raise ValueError(f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
+                     f"layout is built from them), got shape {x.shape}; under jax.export the "
+                     "other axes may be symbolic")
   smallest = min(x.shape[axis] for axis in axes)
   if x.size == 0 and block_size >= 1:
     return x

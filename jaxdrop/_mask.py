@@ -125,6 +125,13 @@ def _iota(layout: MaskLayout, shape, dimension, axes):
                                   out_sharding=NamedSharding(layout.mesh, spec))
 
 
+def _uint32(size) -> jax.Array | np.uint32:
+  """A size (an int, or a symbolic dimension under jax.export) as a uint32 scalar."""
+  if jax.export.is_symbolic_dim(size):
+    return jnp.asarray(size).astype(jnp.uint32)
+  return np.uint32(size)
+
+
 def row_keys(words: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The two words keying each row: Threefry-2x32 of the row's flat index under the mask words."""
   return threefry2x32(words[0], words[1], row, jnp.zeros_like(row))
@@ -143,7 +150,10 @@ def _flipped_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
     return _flipped_bits(source, MaskLayout((1,))).reshape(())
   *lead, last = shape
   *global_lead, global_last = layout.global_shape or shape
-  if math.prod(global_lead) >= 2**32 or global_last >= 2**32:
+  # With symbolic dimensions (jax.export) the limit cannot be checked when tracing; the
+  # exported function is exact for every size within it.
+  concrete = not any(map(jax.export.is_symbolic_dim, (*global_lead, global_last)))
+  if concrete and (math.prod(global_lead) >= 2**32 or global_last >= 2**32):
     raise ValueError(
         "jaxdrop masks need fewer than 2**32 rows (the product of all axes but the last, here "
         f"{math.prod(global_lead)}) and fewer than 2**32 columns (the last axis, here {global_last}),"
@@ -154,7 +164,7 @@ def _flipped_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
   row = _iota(layout, rows, len(lead), leading)  # zeros, sharded like the rows
   stride = 1
   for axis in reversed(leading):
-    row = row + (_iota(layout, rows, axis, leading) + offsets[axis]) * np.uint32(stride)
+    row = row + (_iota(layout, rows, axis, leading) + offsets[axis]) * _uint32(stride)
     stride *= global_lead[axis]
   s0, s1 = row_keys(source.words, row)
   column = _iota(layout, (1,) * len(lead) + (last,), len(lead), (len(lead),)) + offsets[-1]
