@@ -14,8 +14,9 @@ so two rows share their inputs only if both words agree. The column's Weyl step 
 neighbouring columns across the 32-bit space, lowbias32 (C. Wellons' full two-round integer
 finaliser) mixes, and xoring the Weyl step back in (a feed-forward) makes each row a random
 function of the column rather than a bijection: a long row repeats 32-bit values as often
-as random data does. The stream passes PractRand to many gigabytes on row-major, column-major,
-long-row, packed-mask and across-key streams (README, "The mask stream");
+as random data does (PractRand sees the permutations only over a whole row of 2**32
+columns). The stream passes PractRand on row-major, column-major, long-row, packed-mask and
+across-key streams, and TestU01 Crush (README, "The mask stream", for how far);
 `benchmarks/rng_quality.py` writes each stream for the batteries.
 
 The bits of an element depend only on the key and its global index, never on the mesh or the
