@@ -59,3 +59,9 @@ def test_quickstart_trains():
   exec(compile(BLOCKS[0], "README.md quickstart", "exec"), namespace)
   y, logits = namespace["y"], namespace["logits"]
   assert float((logits.argmax(-1) == y).mean()) > 0.9
+
+
+@pytest.mark.parametrize("index", SNIPPETS)
+def test_readme_snippets_bring_their_own_imports(index):
+  # A fragment copied on its own must not fail with a NameError (it runs in full above).
+  exec(compile(BLOCKS[index], f"README block {index}", "exec"), {})
