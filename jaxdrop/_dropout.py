@@ -121,31 +121,33 @@ def check_common(x, rate, deterministic, recompute, autodiff):
           check.choice(autodiff, AUTODIFF_MODES, "autodiff"))
 
 
-def checked_key(key) -> None:
-  """Checks a key that was given even where it will not be used (deterministic, rate 0)."""
-  if key is not None:
-    as_typed_key(key, name="key", wrap=False)
+def checked_key(key) -> jax.Array | None:
+  """The key, checked as soon as it is given, even where it will not be used (deterministic,
+  rate 0); None stays None. Legacy keys are returned unwrapped (`mask_words` reads both)."""
+  return None if key is None else as_typed_key(key, name="key", wrap=False)
 
 
 def require_key(name: str, key, rate, deterministic) -> jax.Array:
+  """A key from `checked_key`, which must not be None here."""
   if key is None:
     raise TypeError(
         f"{name} needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
         f"rate is a concrete 0, got key=None with rate={rate!r}, deterministic={deterministic!r}")
-  return as_typed_key(key, name="key", wrap=False)
+  return key
 
 
 def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes, kind, recompute,
                   autodiff, shard_spec=None):
   """The path every Bernoulli member takes once its own arguments are checked."""
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
-  checked_key(key)
-  threshold = drop_threshold(rate, compute_dtype(x.dtype))
+  key = checked_key(key)
+  dtype = compute_dtype(x.dtype)
   if deterministic is True:
-    return _scale_by_keep(x, threshold) if kind == "classic" else x
+    return _scale_by_keep(x, drop_threshold(rate, dtype)) if kind == "classic" else x
   if rate_value == 0.0:
     return x
   key = require_key(name, key, rate, deterministic)
+  threshold = drop_threshold(rate, dtype)
   with forward_mode_hint(name):
     return _bernoulli_dropout(key, x, threshold, deterministic, shared_axes=shared_axes, kind=kind,
                               recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)

@@ -353,7 +353,7 @@ def gaussian_dropout(
   x, rate_value, deterministic, recompute, autodiff = check_common(
       x, rate, deterministic, recompute, autodiff)
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
-  checked_key(key)
+  key = checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("gaussian_dropout", key, rate, deterministic)
@@ -487,6 +487,7 @@ def drop_block(
     raise ValueError(f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
                      f"layout is built from them), got shape {x.shape}; under jax.export the "
                      "other axes may be symbolic")
+  key = checked_key(key)
   smallest = min(x.shape[axis] for axis in axes)
   if x.size == 0 and block_size >= 1:
     return x
@@ -496,7 +497,6 @@ def drop_block(
     raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
                      f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
                      + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else ""))
-  checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("drop_block", key, rate, deterministic)
@@ -565,7 +565,7 @@ def drop_connect(
       raise TypeError(f"drop_connect needs floating array leaves, got {leaf!r} at {where}") from err
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at {where}")
-  checked_key(key)
+  key = checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return params
   key = require_key("drop_connect", key, rate, deterministic)

@@ -13,7 +13,7 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import AUTODIFF_MODES, bernoulli_scalars, checked_key, require_key
+from ._dropout import AUTODIFF_MODES, bernoulli_scalars, checked_key
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
@@ -71,13 +71,12 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
   shape = check.shape(shape, "shape")
   rate_value = check.probability(rate, "rate")
   inverted = check.static_bool(inverted, "inverted")
-  checked_key(key)
+  key = checked_key(key)
   if rate_value == 0.0:
     return DropoutMask(jnp.ones(shape, bool), jnp.ones((), jnp.float32))
   if key is None:
     raise TypeError(f"make_mask needs a PRNG key (e.g. jax.random.key(0)) unless rate is a "
                     f"concrete 0, got key=None with rate={rate!r}")
-  key = require_key("make_mask", key, rate, False)
   return _make_mask(key, drop_threshold(rate), shape=shape, inverted=inverted)
 
 
