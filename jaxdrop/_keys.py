@@ -7,18 +7,42 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry2x32_p
 
 # Domain-separation constant: the mask stream of a key differs from every stream
 # that `jax.random` draws from the same key. (First digits of sqrt(2) and sqrt(3).)
 _DOMAIN = (np.uint32(0x6A09E667), np.uint32(0xBB67AE85))
 
 
+# Threefry-2x32 (Salmon et al., SC 2011): 20 rounds in five groups of four, the rotation
+# constants alternating between the two rows, a key injection after each group.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _rotl(v, bits: int):
+  return jax.lax.shift_left(v, np.uint32(bits)) | jax.lax.shift_right_logical(v, np.uint32(32 - bits))
+
+
 def threefry2x32(k0, k1, x0, x1):
-  """Threefry-2x32 (20 rounds, JAX's own primitive) of scalar key words and counters."""
-  shape = jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(x1))
-  x0, x1 = (jnp.broadcast_to(jnp.asarray(x, jnp.uint32), shape) for x in (x0, x1))
-  return threefry2x32_p.bind(jnp.asarray(k0, jnp.uint32), jnp.asarray(k1, jnp.uint32), x0, x1)
+  """Threefry-2x32 (20 rounds) of key words and counters, broadcasting; the same function as
+  JAX's `threefry2x32_p` (a test pins it), written out in plain operations.
+
+  JAX lowers its primitive on CPU to a rolled loop, whose carries XLA cannot fuse into the
+  consumer: a mask with short rows (a trailing axis of size 1) then materialised 8 bytes per
+  element. Unrolled, the hash fuses into the mask like any elementwise code.
+  """
+  shape = jnp.broadcast_shapes(jnp.shape(k0), jnp.shape(k1), jnp.shape(x0), jnp.shape(x1))
+  k0, k1 = jnp.asarray(k0, jnp.uint32), jnp.asarray(k1, jnp.uint32)
+  keys = (k0, k1, k0 ^ k1 ^ _PARITY)
+  a = jnp.broadcast_to(jnp.asarray(x0, jnp.uint32) + k0, shape)
+  b = jnp.broadcast_to(jnp.asarray(x1, jnp.uint32) + k1, shape)
+  for group in range(5):
+    for bits in _ROTATIONS[group % 2]:
+      a = a + b
+      b = _rotl(b, bits) ^ a
+    a = a + keys[(group + 1) % 3]
+    b = b + keys[(group + 2) % 3] + np.uint32(group + 1)
+  return a, b
 
 
 def is_typed_key(key) -> bool:

@@ -7,16 +7,27 @@ import pytest
 
 import jaxdrop
 from jaxdrop import _core, _keys
+from jax.extend.random import threefry2x32_p
 
 
-def test_threefry2x32_primitive_known_answer():
+def test_threefry2x32_known_answer():
   # Known-answer vector of Random123 (Salmon et al. 2011), Threefry-2x32, 20 rounds.
   a, b = _keys.threefry2x32(np.uint32(0x13198A2E), np.uint32(0x03707344),
                             np.uint32(0x243F6A88), np.uint32(0x85A308D3))
   assert (int(a), int(b)) == (0xC4923A9C, 0x483DF7A0)
 
 
-def test_threefry2x32_primitive_broadcasts_and_batches():
+def test_threefry2x32_equals_jax_primitive():
+  # jaxdrop writes the hash out (JAX's CPU lowering is a rolled loop that does not fuse); it
+  # must stay JAX's function: random key words and counters, eager and under jit.
+  words = np.random.default_rng(0).integers(0, 2**32, (4, 1000), dtype=np.uint32)
+  expected = threefry2x32_p.bind(*(jnp.asarray(w) for w in words))
+  for fn in (_keys.threefry2x32, jax.jit(_keys.threefry2x32)):
+    for ours, theirs in zip(fn(*words), expected):
+      np.testing.assert_array_equal(ours, theirs)
+
+
+def test_threefry2x32_broadcasts_and_batches():
   counts = jnp.arange(6, dtype=jnp.uint32).reshape(2, 3)
   a, b = _keys.threefry2x32(np.uint32(1), np.uint32(2), counts, counts)
   assert a.shape == b.shape == (2, 3)
@@ -25,6 +36,17 @@ def test_threefry2x32_primitive_broadcasts_and_batches():
   looped = [_keys.threefry2x32(k, k, counts, counts) for k in keys]
   for i in range(4):
     np.testing.assert_array_equal(batched[0][i], looped[i][0])
+    np.testing.assert_array_equal(batched[1][i], looped[i][1])
+
+
+def test_masks_with_short_rows_use_no_per_element_temporaries():
+  # One Threefry hash per row: with a trailing axis of size 1 that is one per element, and it
+  # must fuse into the mask (JAX's rolled CPU loop kept 8-12 bytes per element).
+  x = jax.ShapeDtypeStruct((2**20, 1), jnp.float32)
+  for f in (lambda k, x: jaxdrop.dropout(k, x, 0.5),
+            lambda k, x: jaxdrop.drop_block(k, x, 0.5, 3, spatial_axes=(0,))):
+    temp = jax.jit(f).lower(jax.random.key(0), x).compile().memory_analysis().temp_size_in_bytes
+    assert temp <= 1.01 * x.size, temp  # drop_block keeps its 1-byte seeds
 
 
 def test_jax_message_for_forward_mode_on_custom_vjp():
