@@ -1,9 +1,9 @@
 """jaxdrop: dropout and its family for JAX, pure functions of an explicit key with a hand-derived backward pass."""
 
+from ._block import drop_block as drop_block
 from ._dropout import dropout as dropout
 from ._family import alpha_dropout as alpha_dropout
 from ._family import channel_dropout as channel_dropout
-from ._family import drop_block as drop_block
 from ._family import drop_connect as drop_connect
 from ._family import drop_path as drop_path
 from ._family import feature_alpha_dropout as feature_alpha_dropout

@@ -2,17 +2,14 @@
 
 Channel dropout and drop-path are Bernoulli dropout with a mask shared along
 axes; alpha dropout adds an affine correction; Gaussian dropout multiplies by
-normal noise; DropBlock grows Bernoulli seeds into blocks; DropConnect drops
-weights. All of them draw from the same generator and share the one derivative
-of `_core.noise_op`.
+normal noise; DropConnect drops weights. All of them (and DropBlock, in `_block`)
+draw from the same generator and share the one derivative of `_core.noise_op`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
@@ -25,7 +22,7 @@ from ._core import forward_mode_hint, noise_op
 from ._dropout import (AUTODIFF_MODES, block_position, check_common, checked_key, compute_dtype,
                        nan_unless, require_key, run_bernoulli)
 from ._keys import mask_words
-from ._mask import MaskSource, drop_threshold, keep_mask, standard_normal
+from ._mask import MaskSource, standard_normal
 
 
 def _batch_and_channel(x, batch_axis, channel_axis) -> tuple[int | None, int]:
@@ -360,152 +357,6 @@ def gaussian_dropout(
   with forward_mode_hint("gaussian_dropout"):
     return _gaussian(key, x, *_gaussian_sigma(rate, compute_dtype(x.dtype)), deterministic,
                      recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
-
-
-def _coverage(size: int, block: int) -> np.ndarray:
-  """How many valid block centres along one axis cover each position (centres keep blocks inside)."""
-  low, high = (block - 1) // 2, block // 2
-  p = np.arange(size)
-  first, last = np.maximum(p - high, low), np.minimum(p + low, size - 1 - high)
-  return np.maximum(last - first + 1, 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BlockDraw:
-  """DropBlock's draw: Bernoulli seeds at valid centres, grown into blocks."""
-  block_size: int
-  spatial_axes: tuple[int, ...]
-
-  def _broadcast(self, vector, axis, ndim):
-    return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
-
-  def __call__(self, source, layout, t, any_kept, gamma):
-    shape = layout.shape
-    ndim, b = len(shape), self.block_size
-    low, high = (b - 1) // 2, b // 2
-    seeds = ~keep_mask(source, layout, t, True)
-    coverage = np.ones((1,) * ndim, np.float32)
-    for axis in self.spatial_axes:
-      p = np.arange(shape[axis])
-      seeds = seeds & self._broadcast((p >= low) & (p <= shape[axis] - 1 - high), axis, ndim)
-      coverage = coverage * self._broadcast(_coverage(shape[axis], b).astype(np.float32), axis, ndim)
-    window = tuple(b if axis in self.spatial_axes else 1 for axis in range(ndim))
-    padding = tuple((high, low) if axis in self.spatial_axes else (0, 0) for axis in range(ndim))
-    dropped = jax.lax.reduce_window(seeds, False, jax.lax.bitwise_or, window, (1,) * ndim, padding)
-    # Position p is kept with probability (1 - gamma) ** coverage(p): scale each one by its inverse.
-    p_keep = jnp.exp(coverage * jnp.log1p(-gamma))
-    scale = jnp.where(p_keep == 0, 0, 1 / jnp.where(p_keep == 0, 1, p_keep))  # NaN stays NaN
-    return ~dropped & any_kept, scale
-
-
-def _seed_threshold(rate, ratio: float):
-  """The threshold of DropBlock's seed rate ``gamma = clip(rate * ratio, 0, 1)``, with
-  `any_kept` and `valid` those of `rate`; exact on the host for a concrete rate."""
-  if check.is_traced(rate):
-    rate = jnp.asarray(rate, jnp.float32)
-    seeds = drop_threshold(jnp.clip(rate * np.float32(ratio), 0, 1))
-    return seeds._replace(any_kept=rate < 1, valid=(rate >= 0) & (rate <= 1))
-  seeds = drop_threshold(min(float(rate) * ratio, 1.0))
-  return seeds._replace(any_kept=np.bool_(float(rate) < 1))
-
-
-@functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff"))
-def _drop_block(key, x, seeds, deterministic, *, draw, recompute, autodiff):
-  # No seed when deterministic or when a traced rate is invalid; the latter makes gamma, and
-  # so every unit's scale, NaN: a loud output rather than a silently clipped rate.
-  t = jnp.where(deterministic | ~seeds.valid, jnp.uint32(0), seeds.t)
-  realised_gamma = jnp.where(deterministic, 0, seeds.drop + nan_unless(seeds.valid, seeds.drop.dtype))
-  any_kept = seeds.any_kept | deterministic | ~seeds.valid
-  return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
-                  mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
-
-
-def drop_block(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    block_size: int,
-    *,
-    spatial_axes: Sequence[int] = (1, 2),
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-) -> jax.Array:
-  r"""DropBlock: drops contiguous ``block_size`` × ``block_size`` regions of each feature map.
-
-  Seeds are drawn with the paper's probability, only at centres whose block lies
-  inside the map,
-
-  .. math::
-
-     \gamma = \frac{\text{rate}}{b^2} \cdot \frac{H W}{(H - b + 1)(W - b + 1)},
-
-  and every seed drops the :math:`b \times b` block around it (a max-pool of the
-  seeds). Each example and channel gets its own blocks (NHWC by default). The
-  output is renormalised so that :math:`\mathbb{E}[y] = x` holds exactly at every
-  position: a position covered by :math:`n_p` possible block centres is kept with
-  probability :math:`(1 - \gamma)^{n_p}` and scaled by its inverse. (The paper
-  renormalises by the realised count of kept units instead; the per-position factor
-  is unbiased everywhere, needs no reduction across the array, and so costs no
-  collective on sharded arrays.) Because blocks overlap, the dropped fraction is a
-  little below `rate` (0.094 expected for rate 0.1, b = 7 on a 32 × 32 map).
-  The derivative is the same mask and scale applied to the gradient. More or fewer
-  spatial axes work too (a 1-D signal, a 3-D volume), with blocks of
-  :math:`b^k` and :math:`\gamma` adjusted the same way.
-
-  Args:
-    key: a PRNG key, as for `dropout`.
-    x: a floating array, NHWC by default.
-    rate: the target fraction of units to drop, in [0, 1]; may be traced.
-    block_size: the block's side, at least 1 and at most every spatial size.
-    spatial_axes: the axes the blocks span (default (1, 2), NHWC; (2, 3) for NCHW).
-    deterministic: if True, returns `x` unchanged; may be a traced boolean.
-    recompute, autodiff: as for `dropout`.
-
-  Returns:
-    An array with the shape and dtype of `x`.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, jaxdrop
-    >>> y = jaxdrop.drop_block(jax.random.key(0), jnp.ones((1, 32, 32, 1)), 0.1, 5)
-    >>> dropped = float((y == 0).mean())
-    >>> 0.0 < dropped < 0.2
-    True
-
-  References:
-    Ghiasi, Lin and Le, "DropBlock: a regularization method for convolutional
-    networks", NeurIPS (2018).
-  """
-  x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
-  axes = check.axes(spatial_axes, x.ndim, "spatial_axes")
-  if not axes:
-    raise ValueError(f"spatial_axes must name at least one axis, got {spatial_axes!r}")
-  if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
-    raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
-  if any(jax.export.is_symbolic_dim(x.shape[axis]) for axis in axes):
-    raise ValueError(f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
-                     f"layout is built from them), got shape {x.shape}; under jax.export the "
-                     "other axes may be symbolic")
-  key = checked_key(key)
-  smallest = min(x.shape[axis] for axis in axes)
-  if x.size == 0 and block_size >= 1:
-    return x
-  if not 1 <= block_size <= smallest:
-    # The hint only where the block would fit if x were NCHW (axes 2 and 3 spatial).
-    nchw = axes == (1, 2) and x.ndim == 4 and 1 <= block_size <= min(x.shape[2], x.shape[3])
-    raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
-                     f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
-                     + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else ""))
-  if deterministic is True or rate_value == 0.0:
-    return x
-  key = require_key("drop_block", key, rate, deterministic)
-  with forward_mode_hint("drop_block"):
-    spatial = [x.shape[axis] for axis in axes]
-    b = int(block_size)
-    ratio = math.prod(spatial) / math.prod(s - b + 1 for s in spatial) / b ** len(spatial)
-    return _drop_block(key, x, _seed_threshold(rate, ratio), deterministic,
-                       draw=_BlockDraw(b, axes), recompute=recompute, autodiff=autodiff)
 
 
 def drop_connect(

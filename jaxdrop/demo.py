@@ -152,7 +152,7 @@ def main(argv=None) -> dict[str, float]:
   train, test = np.array(train), np.array(test)
   plot_curves(steps, train, test, args.rate, args.out)
 
-  print(f"\n| run | train accuracy | test accuracy | train - test |\n|---|---:|---:|---:|")
+  print("\n| run | train accuracy | test accuracy | train - test |\n|---|---:|---:|---:|")
   for run, label in enumerate(["no dropout", f"dropout {args.rate}"]):
     print(f"| {label} | {train[-1, run]:.3f} | {test[-1, run]:.3f} | {train[-1, run] - test[-1, run]:+.3f} |")
   print(f"\nlearning curves saved to {args.out}; {time.perf_counter() - start:.0f} s in all")

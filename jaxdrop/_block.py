@@ -1,0 +1,214 @@
+"""DropBlock: Bernoulli seeds grown into contiguous blocks, with the seed rate solved so that
+`rate` is the expected fraction of units dropped."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _validate as check
+from ._core import forward_mode_hint, noise_op
+from ._dropout import check_common, checked_key, nan_unless, require_key
+from ._keys import mask_words
+from ._mask import MaskSource, drop_threshold, keep_mask
+
+# Newton's method from 0 on a convex decreasing function never overshoots; at most 9 steps
+# reached float64's fixed point in every case tried (rates 1e-9 to 1 - 2**-24, maps 7 to
+# 224 wide, blocks 1 to 7, one to three spatial axes); float32 needs fewer.
+_NEWTON_STEPS = 16
+
+
+def _coverage(size: int, block: int, xp=np):
+  """How many valid block centres along one axis cover each position (centres keep blocks
+  inside the map): NumPy on the host, or jax.numpy (an iota, recomputed rather than stored
+  as a constant under `jax.checkpoint`)."""
+  low, high = (block - 1) // 2, block // 2
+  p = xp.arange(size)
+  first, last = xp.maximum(p - high, low), xp.minimum(p + low, size - 1 - high)
+  return xp.maximum(last - first + 1, 0)
+
+
+def coverage_table(sizes: Sequence[int], block: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(n, w)``: the distinct numbers of block centres covering a position of a map of
+  `sizes`, ascending, and the fraction of positions covered by each."""
+  per_axis = [zip(*np.unique(_coverage(size, block), return_counts=True)) for size in sizes]
+  counts: collections.Counter = collections.Counter()
+  for combination in itertools.product(*(list(axis) for axis in per_axis)):
+    counts[math.prod(int(n) for n, _ in combination)] += math.prod(int(c) for _, c in combination)
+  n, c = zip(*sorted(counts.items()))
+  return np.asarray(n, np.float32), np.asarray(np.asarray(c) / math.prod(sizes), np.float32)
+
+
+def seed_rate(rate: jax.Array, n: np.ndarray, w: np.ndarray) -> jax.Array:
+  r"""The seed probability :math:`\gamma` with :math:`\sum_j w_j (1 - \gamma)^{n_j} = 1 - \text{rate}`
+  (float32; `rate` in [0, 1]).
+
+  In :math:`u = -\log(1 - \gamma)` the left side's logarithm,
+  :math:`h(u) = \log \sum_j w_j e^{-n_j u}`, is convex and decreasing, so Newton's method
+  from :math:`u = 0` rises to the root without overshooting. `h` is evaluated as
+  :math:`-n_0 u + \operatorname{log1p}(\sum_j w_j \operatorname{expm1}(-(n_j - n_0) u))`,
+  accurate for small rates too.
+  """
+  rate = jnp.asarray(rate, jnp.float32)
+  below_one = rate < 1
+  target = jnp.log1p(-jnp.where(below_one, rate, 0.5))
+  excess = n - n[0]
+
+  def newton(_, u):
+    e = jnp.exp(-excess * u)
+    h = -n[0] * u + jnp.log1p(jnp.sum(w * jnp.expm1(-excess * u)))
+    slope = -jnp.sum(w * n * e) / jnp.sum(w * e)
+    return u - (h - target) / slope
+
+  u = jax.lax.fori_loop(0, _NEWTON_STEPS, newton, jnp.zeros((), jnp.float32))
+  # Below 1 stays below 1 (a float32 gamma may round up to 1 for rates within 2**-24 of it).
+  gamma = jnp.minimum(-jnp.expm1(-u), np.float32(1 - 2**-24))
+  return jnp.where(below_one, gamma, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockDraw:
+  """DropBlock's draw: Bernoulli seeds at valid centres, grown into blocks."""
+  block_size: int
+  spatial_axes: tuple[int, ...]
+
+  def _broadcast(self, vector, axis, ndim):
+    return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
+
+  def __call__(self, source, layout, t, any_kept, gamma):
+    shape = layout.shape
+    ndim, b = len(shape), self.block_size
+    low, high = (b - 1) // 2, b // 2
+    seeds = ~keep_mask(source, layout, t, True)
+    coverage = jnp.ones((1,) * ndim, jnp.float32)
+    for axis in self.spatial_axes:
+      p = jnp.arange(shape[axis])
+      seeds = seeds & self._broadcast((p >= low) & (p <= shape[axis] - 1 - high), axis, ndim)
+      coverage = coverage * self._broadcast(_coverage(shape[axis], b, jnp), axis, ndim)
+    window = tuple(b if axis in self.spatial_axes else 1 for axis in range(ndim))
+    padding = tuple((high, low) if axis in self.spatial_axes else (0, 0) for axis in range(ndim))
+    dropped = jax.lax.reduce_window(seeds, False, jax.lax.bitwise_or, window, (1,) * ndim, padding)
+    # Position p is kept with probability (1 - gamma) ** coverage(p): scale each one by its inverse.
+    # At rate 1 (gamma 1) every position is covered: p_keep is 0, built without log(0).
+    every = gamma >= 1
+    p_keep = jnp.where(every, 0, jnp.exp(coverage * jnp.log1p(-jnp.where(every, 0, gamma))))
+    scale = jnp.where(p_keep == 0, 0, 1 / jnp.where(p_keep == 0, 1, p_keep))  # NaN stays NaN
+    return ~dropped & any_kept, scale
+
+
+@functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff"))
+def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
+  rate = jnp.asarray(rate, jnp.float32)
+  valid = (rate >= 0) & (rate <= 1)
+  n, w = coverage_table([x.shape[axis] for axis in draw.spatial_axes], draw.block_size)
+  seeds = drop_threshold(seed_rate(jnp.where(valid, rate, 0), n, w))
+  # No seed when deterministic or when a traced rate is invalid; the latter makes gamma, and
+  # so every unit's scale, NaN: a loud output rather than a silently clipped rate.
+  t = jnp.where(deterministic | ~valid, jnp.uint32(0), seeds.t)
+  realised_gamma = jnp.where(deterministic, 0, seeds.drop + nan_unless(valid, seeds.drop.dtype))
+  any_kept = (rate < 1) | deterministic | ~valid
+  return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
+                  mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
+
+
+def drop_block(
+    key: jax.Array | None,
+    x: ArrayLike,
+    rate: ArrayLike,
+    block_size: int,
+    *,
+    spatial_axes: Sequence[int] = (1, 2),
+    deterministic: bool | ArrayLike = False,
+    recompute: bool = True,
+    autodiff: Literal["vjp", "jvp"] = "vjp",
+) -> jax.Array:
+  r"""DropBlock: drops contiguous ``block_size`` × ``block_size`` regions of each feature map.
+
+  Seeds are drawn at the centres whose block lies inside the map, each with probability
+  :math:`\gamma`, and every seed drops the :math:`b \times b` block around it (a max-pool
+  of the seeds). Each example and channel gets its own blocks. A position :math:`p`
+  covered by :math:`n_p` possible centres is then kept with probability
+  :math:`(1 - \gamma)^{n_p}`, and :math:`\gamma` is solved (in float32) so that the
+  expected fraction of dropped units is `rate`:
+
+  .. math::
+
+     \frac{1}{|P|} \sum_{p \in P} \left[1 - (1 - \gamma)^{n_p}\right] = \text{rate}.
+
+  The paper's :math:`\gamma = \frac{\text{rate}}{b^2} \frac{H W}{(H - b + 1)(W - b + 1)}`
+  is this equation's first-order solution: it ignores that blocks overlap, so the
+  fraction it drops falls below the rate (0.37 at rate 0.5 and 0.55 at rate 0.9 for
+  b = 7 on a 32 × 32 map; the README has the table). Each kept unit is scaled by
+  :math:`(1 - \gamma)^{-n_p}`, so :math:`\mathbb{E}[y] = x` holds exactly at every
+  position. (The paper renormalises by the realised count of kept units instead; the
+  per-position factor is unbiased everywhere, needs no reduction across the array, and so
+  costs no collective on sharded arrays.) The derivative is the same mask and scale
+  applied to the gradient. More or fewer spatial axes work too (a 1-D signal, a 3-D
+  volume), with blocks of :math:`b^k`.
+
+  The layout is not guessed: the default `spatial_axes` (1, 2) is NHWC (Flax, Haiku,
+  Keras) and also the (C, H, W) of a single unbatched example (Equinox); NCHW input
+  (PyTorch ports, `jax.lax.conv`'s default) needs ``spatial_axes=(2, 3)``, or the blocks
+  run across channels and rows.
+
+  Args:
+    key: a PRNG key, as for `dropout`.
+    x: a floating array, NHWC by default.
+    rate: the expected fraction of units to drop, in [0, 1]; may be traced. Rate 1
+      drops every unit.
+    block_size: the block's side, at least 1 and at most every spatial size.
+    spatial_axes: the axes the blocks span (default (1, 2); (2, 3) for NCHW).
+    deterministic: if True, returns `x` unchanged; may be a traced boolean.
+    recompute, autodiff: as for `dropout`.
+
+  Returns:
+    An array with the shape and dtype of `x`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> y = jaxdrop.drop_block(jax.random.key(0), jnp.ones((64, 32, 32, 1)), 0.3, 7)
+    >>> dropped = float((y == 0).mean())  # 0.3 in expectation; blocks make it vary
+    >>> abs(dropped - 0.3) < 0.05
+    True
+
+  References:
+    Ghiasi, Lin and Le, "DropBlock: a regularization method for convolutional
+    networks", NeurIPS (2018).
+  """
+  x, rate_value, deterministic, recompute, autodiff = check_common(
+      x, rate, deterministic, recompute, autodiff)
+  axes = check.axes(spatial_axes, x.ndim, "spatial_axes")
+  if not axes:
+    raise ValueError(f"spatial_axes must name at least one axis, got {spatial_axes!r}")
+  if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
+    raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
+  if any(jax.export.is_symbolic_dim(x.shape[axis]) for axis in axes):
+    raise ValueError(f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
+                     f"layout is built from them), got shape {x.shape}; under jax.export the "
+                     "other axes may be symbolic")
+  key = checked_key(key)
+  smallest = min(x.shape[axis] for axis in axes)
+  if x.size == 0 and block_size >= 1:
+    return x
+  if not 1 <= block_size <= smallest:
+    # The hint only where the block would fit if x were NCHW (axes 2 and 3 spatial).
+    nchw = axes == (1, 2) and x.ndim == 4 and 1 <= block_size <= min(x.shape[2], x.shape[3])
+    raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
+                     f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
+                     + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else ""))
+  if deterministic is True or rate_value == 0.0:
+    return x
+  key = require_key("drop_block", key, rate, deterministic)
+  with forward_mode_hint("drop_block"):
+    return _drop_block(key, x, rate, deterministic, draw=_BlockDraw(int(block_size), axes),
+                       recompute=recompute, autodiff=autodiff)
