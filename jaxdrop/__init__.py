@@ -1,5 +1,6 @@
 """jaxdrop: dropout and its family for JAX, pure functions of an explicit key with a hand-derived backward pass."""
 
+from ._attention import dot_product_attention as dot_product_attention
 from ._block import drop_block as drop_block
 from ._dropout import dropout as dropout
 from ._family import alpha_dropout as alpha_dropout
@@ -26,6 +27,7 @@ __all__ = [
     "drop_path",
     "drop_block",
     "drop_connect",
+    "dot_product_attention",
     "make_mask",
     "apply_mask",
     "DropoutMask",

@@ -1,0 +1,519 @@
+"""Dot-product attention with dropout on the attention weights.
+
+Two implementations with the same mask. ``"xla"`` builds the ``(B, N, T, S)`` weights and
+calls `jaxdrop.dropout` on them: the reference. ``"chunked"`` never builds a ``(T, S)``
+array: queries and keys are taken in blocks, the softmax is computed online
+(FlashAttention; Milakov and Gimelshein 2018, Rabe and Staats 2021, Dao 2023), and a
+`jax.custom_vjp` keeps only the output and each row's log-sum-exp. Its backward pass
+recomputes every block's logits and draws every block's dropout mask again from the key:
+jaxdrop's mask is a function of the key and the element's global index, so the block
+``[b, n, t0:t1, s0:s1]`` of the mask is the same whether drawn alone or as part of the
+whole ``(B, N, T, S)`` array.
+
+Layout inside: queries grouped as ``(B, T, K, G, H)`` (``N = K * G`` query heads share
+``K`` key/value heads, head ``n = k * G + g``, as in `jax.nn.dot_product_attention`),
+logits as ``(B, K, G, T, S)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _validate as check
+from ._dropout import bernoulli_scalars, checked_key, dropout, require_key
+from ._keys import mask_words
+from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
+
+IMPLEMENTATIONS = ("xla", "chunked")
+
+# Above this many attention weights per call (B * N * T * S) the default implementation is
+# "chunked": 2**24 float32 weights are 64 MiB, plus as much again for their gradient.
+_CHUNKED_ABOVE = 2**24
+
+
+def _large_negative(dtype) -> np.ndarray:
+  """The value masked logits take, as in `jax.nn.dot_product_attention` (so fully masked rows
+  average the values exactly as it does)."""
+  return np.asarray(-0.7 * min(float(jnp.finfo(dtype).max), float(jnp.finfo(np.float32).max)),
+                    np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Everything static about one chunked call."""
+  scale: float
+  is_causal: bool
+  q_chunk: int
+  k_chunk: int
+  length_q: int          # T and S before padding to whole chunks
+  length_k: int
+  dropout: bool          # False: no mask is drawn at all (rate 0 or deterministic=True)
+  mask_shape: tuple[int, int, int, int]  # the dropout mask's (B, N, T, S), 1 where shared
+  large_negative: float
+
+
+def _grouped(a, heads_k):
+  """A ``(B, N, T, S)``-broadcastable array as ``(B, K, G, T, S)``-broadcastable."""
+  if a is None:
+    return None
+  b, n, t, s = a.shape
+  if n == 1:
+    return a[:, :, None]
+  return a.reshape(b, heads_k, n // heads_k, t, s)
+
+
+def _chunk(a, axis, index, size):
+  """Chunk `index` of `size` along `axis`, or the whole axis where it is broadcast (size 1)."""
+  if a is None or a.shape[axis] == 1:
+    return a
+  return jax.lax.dynamic_slice_in_dim(a, index * size, size, axis)
+
+
+class _Blocks:
+  """The pieces of block ``(i, j)``: logits, which of them take part, the dropout multiplier."""
+
+  def __init__(self, cfg: _Config, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
+    self.cfg, self.q, self.k, self.v = cfg, q, k, v
+    self.bias, self.mask = bias, mask
+    self.q_lengths, self.k_lengths, self.words, self.drop = q_lengths, k_lengths, words, drop
+
+  def rows(self, i):
+    """Query positions of chunk i, shaped ``(1, 1, 1, Tq, 1)`` like the logits' axes."""
+    return (i * self.cfg.q_chunk + jnp.arange(self.cfg.q_chunk)).reshape(1, 1, 1, -1, 1)
+
+  def columns(self, j):
+    return (j * self.cfg.k_chunk + jnp.arange(self.cfg.k_chunk)).reshape(1, 1, 1, 1, -1)
+
+  def logits(self, i, j):
+    """``(s, allowed, exists)``: masked logits (float32), the mask of logits that take part
+    (their gradient flows), and the mask of real (unpadded) keys."""
+    cfg = self.cfg
+    q = _chunk(self.q, 1, i, cfg.q_chunk)
+    k = _chunk(self.k, 1, j, cfg.k_chunk)
+    s = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+    s = s * np.float32(cfg.scale)
+    if self.bias is not None:
+      s = s + _chunk(_chunk(self.bias, 3, i, cfg.q_chunk), 4, j, cfg.k_chunk).astype(jnp.float32)
+    t, c = self.rows(i), self.columns(j)
+    exists = c < cfg.length_k
+    allowed = jnp.broadcast_to(exists, (1, 1, 1, cfg.q_chunk, cfg.k_chunk))
+    if self.mask is not None:
+      allowed = allowed & _chunk(_chunk(self.mask, 3, i, cfg.q_chunk), 4, j, cfg.k_chunk)
+    if cfg.is_causal:
+      allowed = allowed & (c <= t)
+    if self.k_lengths is not None:
+      allowed = allowed & (c < self.k_lengths[:, None, None, None, None])
+    if self.q_lengths is not None:
+      allowed = allowed & (t < self.q_lengths[:, None, None, None, None])
+    s = jnp.where(allowed, s, cfg.large_negative)
+    return s, allowed, exists
+
+  def multiplier(self, i, j):
+    """The dropout factor of block (i, j): ``1/keep`` where kept, 0 where dropped (float32),
+    from the same global mask `jaxdrop.dropout` draws on the ``(B, N, T, S)`` weights."""
+    cfg = self.cfg
+    t, any_kept, scale = self.drop
+    mb, mn, mt, ms = cfg.mask_shape
+    shape = (mb, mn, cfg.q_chunk if mt > 1 else 1, cfg.k_chunk if ms > 1 else 1)
+    offsets = (np.uint32(0), np.uint32(0),
+               (i * cfg.q_chunk if mt > 1 else 0), (j * cfg.k_chunk if ms > 1 else 0))
+    offsets = tuple(jnp.asarray(o, jnp.uint32) for o in offsets)
+    keep = keep_mask(MaskSource(self.words, offsets), MaskLayout(shape, global_shape=cfg.mask_shape),
+                     t, any_kept)
+    factor = jnp.where(keep, scale.astype(jnp.float32), np.float32(0))
+    heads_k = self.k.shape[2]
+    return factor[:, :, None] if mn == 1 else factor.reshape(mb, heads_k, mn // heads_k, *shape[2:])
+
+  def key_chunks(self, i):
+    """How many key chunks query chunk i needs: all, or under a causal mask those that
+    reach its last row."""
+    cfg = self.cfg
+    count = -(-cfg.length_k // cfg.k_chunk)
+    if not cfg.is_causal:
+      return count
+    return jnp.minimum(((i + 1) * cfg.q_chunk + cfg.k_chunk - 1) // cfg.k_chunk, count)
+
+  def needs_all_keys(self, i, empty):
+    """A causal chunk with a row that no key may attend (all its logits masked) must visit
+    every key chunk: like `jax.nn.dot_product_attention`, such a row averages over all keys.
+    Rows whose output is zeroed anyway (padding, `query_seq_lengths`) do not count."""
+    t = self.rows(i)[..., 0]
+    counts = t < self.cfg.length_q
+    if self.q_lengths is not None:
+      counts = counts & (t < self.q_lengths[:, None, None, None])
+    return jnp.any(empty & counts)
+
+
+def _forward(cfg: _Config, blocks: _Blocks):
+  """Output ``(B, Tp, K, G, H)`` in float32 and, per row ``(B, K, G, Tp)``, the softmax's
+  maximum `m` and ``1 / l`` for its normaliser `l` (kept apart rather than as the log-sum-exp
+  ``m + log l``: for a fully masked row m is about -2.4e38, which absorbs ``log l``)."""
+  b, _, heads_k, groups, h = blocks.q.shape
+  count_q = blocks.q.shape[1] // cfg.q_chunk
+  full = -(-cfg.length_k // cfg.k_chunk)
+
+  def query_chunk(i):
+    def step(j, carry):
+      m, l, acc = carry
+      s, _, exists = blocks.logits(i, j)
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+      correction = jnp.exp(m - m_new)
+      p = jnp.where(exists, jnp.exp(s - m_new[..., None]), np.float32(0))
+      l = l * correction + jnp.sum(p, axis=-1)
+      if cfg.dropout:
+        p = p * blocks.multiplier(i, j)
+      v = _chunk(blocks.v, 1, j, cfg.k_chunk)
+      pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+      return m_new, l, acc * correction[..., None] + pv
+
+    init = (jnp.full((b, heads_k, groups, cfg.q_chunk), cfg.large_negative, jnp.float32),
+            jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
+            jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32))
+    causal_end = blocks.key_chunks(i)
+    carry = jax.lax.fori_loop(0, causal_end, step, init)
+    if cfg.is_causal:
+      end = jnp.where(blocks.needs_all_keys(i, carry[0] == cfg.large_negative), full, causal_end)
+      carry = jax.lax.fori_loop(causal_end, end, step, carry)
+    m, l, acc = carry
+    inverse = 1 / l  # l >= 1: the row's largest term is exp(0)
+    return acc * inverse[..., None], m, inverse
+
+  out, m, inverse = jax.lax.map(query_chunk, jnp.arange(count_q))
+  # (Q, B, K, G, Tq, ...) -> (B, Tp, K, G, H) and (B, K, G, Tp)
+  out = jnp.moveaxis(out, 4, 1).reshape(count_q * cfg.q_chunk, b, heads_k, groups, h)
+  rows = lambda a: jnp.moveaxis(a, 0, 3).reshape(b, heads_k, groups, -1)
+  return jnp.moveaxis(out, 0, 1), rows(m), rows(inverse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
+  out, _, _ = _forward(cfg, _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop))
+  return out.astype(q.dtype)
+
+
+def _chunked_fwd(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
+  out, m, inverse = _forward(cfg, _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop))
+  out = out.astype(q.dtype)
+  return out, (q, k, v, bias, mask, q_lengths, k_lengths, words, drop, out, m, inverse)
+
+
+def _chunked_bwd(cfg, residuals, g):
+  q, k, v, bias, mask, q_lengths, k_lengths, words, drop, out, m, inverse = residuals
+  blocks = _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
+  count_q = q.shape[1] // cfg.q_chunk
+  full = -(-cfg.length_k // cfg.k_chunk)
+  scale = np.float32(cfg.scale)
+  # D = rowsum(dO * O) (FlashAttention-2): the softmax's correction term, dropout included.
+  delta = jnp.einsum("btkgh,btkgh->bkgt", g.astype(jnp.float32), out.astype(jnp.float32))
+
+  def query_chunk(i, carry):
+    dq, dk, dv, dbias = carry
+    q_i = _chunk(q, 1, i, cfg.q_chunk)
+    g_i = _chunk(g, 1, i, cfg.q_chunk)
+    m_i = _chunk(m, 3, i, cfg.q_chunk)[..., None]
+    inverse_i = _chunk(inverse, 3, i, cfg.q_chunk)[..., None]
+    delta_i = _chunk(delta, 3, i, cfg.q_chunk)[..., None]
+
+    def step(j, inner):
+      dq_i, dk, dv, dbias = inner
+      s, allowed, exists = blocks.logits(i, j)
+      p = jnp.where(exists, jnp.exp(s - m_i) * inverse_i, np.float32(0))
+      k_j, v_j = _chunk(k, 1, j, cfg.k_chunk), _chunk(v, 1, j, cfg.k_chunk)
+      dp = jnp.einsum("btkgh,bskh->bkgts", g_i, v_j, preferred_element_type=jnp.float32)
+      if cfg.dropout:
+        factor = blocks.multiplier(i, j)
+        p_dropped, dp = p * factor, dp * factor
+      else:
+        p_dropped = p
+      dv_j = jnp.einsum("bkgts,btkgh->bskh", p_dropped.astype(g.dtype), g_i,
+                        preferred_element_type=jnp.float32)
+      ds = jnp.where(allowed, p * (dp - delta_i), np.float32(0))
+      dq_i = dq_i + scale * jnp.einsum("bkgts,bskh->btkgh", ds.astype(k.dtype), k_j,
+                                       preferred_element_type=jnp.float32)
+      dk_j = scale * jnp.einsum("bkgts,btkgh->bskh", ds.astype(q.dtype), q_i,
+                                preferred_element_type=jnp.float32)
+      start = j * cfg.k_chunk
+      dk = jax.lax.dynamic_update_slice_in_dim(
+          dk, jax.lax.dynamic_slice_in_dim(dk, start, cfg.k_chunk, 1) + dk_j, start, 1)
+      dv = jax.lax.dynamic_update_slice_in_dim(
+          dv, jax.lax.dynamic_slice_in_dim(dv, start, cfg.k_chunk, 1) + dv_j, start, 1)
+      if dbias is not None:
+        axes = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] > 1)
+        piece = jnp.sum(ds, axis=axes, keepdims=True)
+        index = [0, 0, 0, i * cfg.q_chunk if dbias.shape[3] > 1 else 0,
+                 start if dbias.shape[4] > 1 else 0]
+        old = jax.lax.dynamic_slice(dbias, index, piece.shape)
+        dbias = jax.lax.dynamic_update_slice(dbias, old + piece, index)
+      return dq_i, dk, dv, dbias
+
+    inner = (jnp.zeros(q_i.shape, jnp.float32), dk, dv, dbias)
+    causal_end = blocks.key_chunks(i)
+    inner = jax.lax.fori_loop(0, causal_end, step, inner)
+    if cfg.is_causal:
+      empty = _chunk(m, 3, i, cfg.q_chunk) == cfg.large_negative
+      end = jnp.where(blocks.needs_all_keys(i, empty), full, causal_end)
+      inner = jax.lax.fori_loop(causal_end, end, step, inner)
+    dq_i, dk, dv, dbias = inner
+    dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * cfg.q_chunk, 1)
+    return dq, dk, dv, dbias
+
+  zeros = lambda a: None if a is None else jnp.zeros(a.shape, jnp.float32)
+  dq, dk, dv, dbias = jax.lax.fori_loop(0, count_q, query_chunk,
+                                        (zeros(q), zeros(k), zeros(v), zeros(bias)))
+  dbias = None if bias is None else dbias.astype(bias.dtype)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias, None, None, None, None, None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def _pad(a, axis, multiple, value=0):
+  """Pads `axis` of `a` up to a multiple of `multiple` (not where it is broadcast)."""
+  if a is None or a.shape[axis] == 1 or a.shape[axis] % multiple == 0:
+    return a
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, -a.shape[axis] % multiple)
+  return jnp.pad(a, widths, constant_values=value)
+
+
+def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *, scale,
+                       is_causal, mask_shape, dropout_on, q_chunk, k_chunk):
+  b, t, n, h = q.shape
+  _, s, heads_k, _ = k.shape
+  q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
+  cfg = _Config(scale=scale, is_causal=is_causal, q_chunk=q_chunk, k_chunk=k_chunk, length_q=t,
+                length_k=s, dropout=dropout_on, mask_shape=mask_shape,
+                large_negative=float(_large_negative(q.dtype)))
+  q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
+  k, v = _pad(k, 1, k_chunk), _pad(v, 1, k_chunk)
+  bias = _pad(_pad(_grouped(bias, heads_k), 3, q_chunk), 4, k_chunk)
+  # Padded query rows may attend everything (they are cut off); padded keys are excluded
+  # separately (`exists`), so the mask's padding value does not matter for them.
+  mask = _pad(_pad(_grouped(mask, heads_k), 3, q_chunk, True), 4, k_chunk, True)
+  out = _chunked(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
+  out = out[:, :t].reshape(b, t, n, h)
+  if q_lengths is not None:
+    out = out * (jnp.arange(t)[None, :] < q_lengths[:, None])[:, :, None, None].astype(out.dtype)
+  return out
+
+
+def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate, deterministic,
+                   *, scale, is_causal, broadcast_dims, dropout_on):
+  """The materialised reference: `jax.nn.dot_product_attention`'s computation, with
+  `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights."""
+  if not dropout_on:
+    return jax.nn.dot_product_attention(
+        q, k, v, bias, mask, scale=scale, is_causal=is_causal, query_seq_lengths=q_lengths,
+        key_value_seq_lengths=k_lengths, implementation="xla")
+  b, t, n, h = q.shape
+  _, s, heads_k, _ = k.shape
+  groups = n // heads_k
+  logits = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, heads_k, groups, h), k,
+                      preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+  logits = logits * jnp.asarray(scale, logits.dtype)
+  if bias is not None:
+    logits = (logits + _grouped(bias, heads_k)).astype(logits.dtype)
+  allowed = jnp.ones((1, 1, 1, t, s), bool)
+  if mask is not None:
+    allowed = allowed & _grouped(mask, heads_k)
+  rows, columns = jnp.arange(t).reshape(1, 1, 1, t, 1), jnp.arange(s).reshape(1, 1, 1, 1, s)
+  if is_causal:
+    allowed = allowed & (columns <= rows)
+  if k_lengths is not None:
+    allowed = allowed & (columns < k_lengths[:, None, None, None, None])
+  if q_lengths is not None:
+    allowed = allowed & (rows < q_lengths[:, None, None, None, None])
+  logits = jnp.where(allowed, logits, _large_negative(q.dtype).astype(logits.dtype))
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
+  weights = dropout(dropout_key, weights.reshape(b, n, t, s), rate, deterministic=deterministic,
+                    broadcast_dims=broadcast_dims)
+  out = jnp.einsum("bkgts,bskh->btkgh", weights.reshape(b, heads_k, groups, t, s), v)
+  out = out.reshape(b, t, n, h)
+  if q_lengths is not None:
+    out = out * (jnp.arange(t)[None, :] < q_lengths[:, None])[:, :, None, None].astype(out.dtype)
+  return out
+
+
+def _check_broadcastable(a, name, target):
+  if a is None:
+    return
+  if a.ndim != len(target) or any(d not in (1, want) for d, want in zip(a.shape, target)):
+    raise ValueError(f"{name} must broadcast to the attention weights' shape {target} "
+                     f"(B, N, T, S), with its head axis 1 or N, got shape {a.shape}")
+
+
+def _check_lengths(a, name, batch):
+  if a is None:
+    return None
+  a = jnp.asarray(a)
+  if not jnp.issubdtype(a.dtype, jnp.integer) or a.shape != (batch,):
+    raise ValueError(f"{name} must be an integer array of shape ({batch},) (one length per "
+                     f"batch element), got {a.dtype.name} array of shape {a.shape}")
+  return a.astype(jnp.int32)
+
+
+def _chunk_size(value, name):
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def dot_product_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    dropout_key: jax.Array | None = None,
+    dropout_rate: ArrayLike = 0.0,
+    deterministic: bool | ArrayLike = False,
+    broadcast_dims: Sequence[int] = (),
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    implementation: Literal["xla", "chunked"] | None = None,
+    query_chunk_size: int = 512,
+    key_chunk_size: int = 512,
+) -> jax.Array:
+  r"""Scaled dot-product attention with dropout on the attention weights.
+
+  .. math::
+
+     \mathrm{out} = \big(\mathrm{dropout}(\mathrm{softmax}(s\, Q K^\top + \text{bias}))\big) V
+
+  for each head, with masked logits set as in `jax.nn.dot_product_attention`, whose
+  arguments, shapes and results this function shares: at ``dropout_rate=0`` or
+  ``deterministic=True`` it computes the same attention. While training, each weight is
+  dropped with probability `dropout_rate` and the kept ones are scaled by
+  ``1 / (1 - rate)``; the mask is exactly the one ``jaxdrop.dropout(dropout_key, weights,
+  dropout_rate, broadcast_dims=broadcast_dims)`` draws on the ``(B, N, T, S)`` weights
+  (``(N, T, S)`` for unbatched input), in both implementations. The derivative is that of
+  the same function with the mask held fixed.
+
+  With ``implementation="chunked"`` no ``(T, S)`` array is built, forward or backward:
+  blocks of queries meet blocks of keys with an online softmax, the backward pass keeps
+  only the output and each row's log-sum-exp, and each block's dropout mask is drawn again
+  from the key where it is needed. ``"xla"`` materialises the weights (the reference, and
+  faster for short sequences on CPU). The default, None, picks ``"chunked"`` when the
+  weights would hold more than 2**24 elements (64 MiB in float32) and ``"xla"`` below.
+
+  Args:
+    query: ``(B, T, N, H)`` or ``(T, N, H)``, a floating array.
+    key: ``(B, S, K, H)`` or ``(S, K, H)``, the dtype of `query`; ``N % K == 0`` (grouped-
+      query attention when ``K < N``).
+    value: the shape and dtype of `key`.
+    bias: added to the logits; broadcastable to ``(B, N, T, S)`` (``(N, T, S)`` unbatched).
+    mask: boolean, True where a query may attend a key; broadcastable like `bias`.
+    dropout_key: a PRNG key, needed unless `deterministic` is True or the rate a concrete 0.
+    dropout_rate: the probability of dropping each weight, in [0, 1]; may be traced.
+    deterministic: if True, no dropout; may be a traced boolean.
+    broadcast_dims: axes of the ``(B, N, T, S)`` weights (of ``(N, T, S)`` unbatched) that
+      share one mask: ``(0, 1)`` for one mask over batch and heads (Flax's
+      ``broadcast_dropout=True``).
+    scale: the logits' scale, ``1 / sqrt(H)`` by default.
+    is_causal: query ``t`` attends keys ``s <= t`` only.
+    query_seq_lengths, key_value_seq_lengths: int arrays of shape ``(B,)``; positions at or
+      beyond them are masked (and the output's padded query rows are 0).
+    implementation: ``"xla"``, ``"chunked"`` or None (see above).
+    query_chunk_size, key_chunk_size: the chunked implementation's block sizes.
+
+  Returns:
+    An array with the shape and dtype of `query`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> q = k = v = jax.random.normal(jax.random.key(0), (2, 16, 4, 8))
+    >>> out = jaxdrop.dot_product_attention(q, k, v, dropout_key=jax.random.key(1),
+    ...                                     dropout_rate=0.1, is_causal=True)
+    >>> out.shape
+    (2, 16, 4, 8)
+    >>> same = jaxdrop.dot_product_attention(q, k, v, dropout_key=jax.random.key(1),
+    ...     dropout_rate=0.1, is_causal=True, implementation="chunked", query_chunk_size=8)
+    >>> bool(jnp.allclose(out, same, atol=1e-5))
+    True
+
+  References:
+    Srivastava et al., "Dropout: a simple way to prevent neural networks from overfitting",
+    JMLR (2014); Dao, "FlashAttention-2", ICLR (2024).
+  """
+  q = check.float_array(query, "query")
+  k = check.float_array(key, "key")
+  v = check.float_array(value, "value")
+  if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
+    raise ValueError("query, key and value must all be (B, T|S, heads, H) or all unbatched "
+                     f"(T|S, heads, H), got shapes {q.shape}, {k.shape}, {v.shape}")
+  if not q.dtype == k.dtype == v.dtype:
+    raise TypeError(f"query, key and value must share one dtype, got {q.dtype.name}, "
+                    f"{k.dtype.name}, {v.dtype.name}")
+  batched = q.ndim == 4
+  if not batched:
+    q, k, v = q[None], k[None], v[None]
+  b, t, n, h = q.shape
+  if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h:
+    raise ValueError(f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
+                     f"query {tuple(query.shape)}, got key {k.shape} and value {v.shape}")
+  s, heads_k = k.shape[1], k.shape[2]
+  if n % heads_k:
+    raise ValueError(f"the number of query heads ({n}) must be a multiple of the number of "
+                     f"key/value heads ({heads_k})")
+  weights_shape = (b, n, t, s)
+  if bias is not None:
+    bias = check.float_array(bias, "bias")
+    bias = bias if bias.ndim != 3 else bias[None]
+    _check_broadcastable(bias, "bias", weights_shape)
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(f"mask must be boolean (True where attention is allowed), got dtype "
+                      f"{mask.dtype.name}; pass an additive mask as bias")
+    mask = mask if mask.ndim != 3 else mask[None]
+    _check_broadcastable(mask, "mask", weights_shape)
+  q_lengths = _check_lengths(query_seq_lengths, "query_seq_lengths", b)
+  k_lengths = _check_lengths(key_value_seq_lengths, "key_value_seq_lengths", b)
+  rate_value = check.probability(dropout_rate, "dropout_rate")
+  deterministic = check.flag(deterministic, "deterministic")
+  is_causal = check.static_bool(is_causal, "is_causal")
+  dims = check.axes(broadcast_dims, 4 if batched else 3, "broadcast_dims")
+  dims = dims if batched else tuple(d + 1 for d in dims)
+  if scale is None:
+    scale = 1 / math.sqrt(h)
+  elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.floating, np.integer)):
+    raise TypeError(f"scale must be a Python number, got {scale!r}")
+  scale = float(scale)
+  check.choice(implementation, (None, *IMPLEMENTATIONS), "implementation")
+  q_chunk = _chunk_size(query_chunk_size, "query_chunk_size")
+  k_chunk = _chunk_size(key_chunk_size, "key_chunk_size")
+  dropout_key = checked_key(dropout_key)
+  dropout_on = not (deterministic is True or rate_value == 0.0)
+  if dropout_on:
+    dropout_key = require_key("dot_product_attention", dropout_key, dropout_rate, deterministic)
+  if implementation is None:
+    implementation = "chunked" if math.prod(weights_shape) > _CHUNKED_ABOVE else "xla"
+  if implementation == "xla":
+    # Unbatched weights (N, T, S) number their mask rows as a batch of one does.
+    out = _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, dropout_rate,
+                         deterministic, scale=scale, is_causal=is_causal, broadcast_dims=dims,
+                         dropout_on=dropout_on)
+  else:
+    words, drop = None, None
+    if dropout_on:
+      words = mask_words(dropout_key)
+      drop, _ = bernoulli_scalars(drop_threshold(dropout_rate), jnp.asarray(deterministic),
+                                  "inverted")
+    mask_shape = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
+    out = _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, scale=scale,
+                             is_causal=is_causal, mask_shape=mask_shape, dropout_on=dropout_on,
+                             q_chunk=q_chunk, k_chunk=k_chunk)
+  return out if batched else out[0]
+
