@@ -29,7 +29,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import bernoulli_scalars, checked_key, dropout, require_key
+from ._dropout import bernoulli_scalars, checked_key, compute_dtype, dropout, require_key
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
@@ -52,6 +52,7 @@ class _Config:
   """Everything static about one chunked call."""
   scale: float
   is_causal: bool
+  skip_causal: bool      # skip key chunks above the diagonal (see `_Blocks.key_chunks`)
   q_chunk: int
   k_chunk: int
   length_q: int          # T and S before padding to whole chunks
@@ -134,23 +135,21 @@ class _Blocks:
     return factor[:, :, None] if mn == 1 else factor.reshape(mb, heads_k, mn // heads_k, *shape[2:])
 
   def key_chunks(self, i):
-    """How many key chunks query chunk i needs: all, or under a causal mask those that
-    reach its last row."""
+    """How many key chunks query chunk i visits: all, or with `skip_causal` those that
+    reach its last row.
+
+    Skipping is exact only where no row is fully masked: `jax.nn.dot_product_attention`
+    averages such a row over every key, skipped ones included. Causality alone never masks
+    a whole row (and rows beyond `query_seq_lengths` are zeroed anyway), but a boolean mask
+    or a key length of 0 can; with either, every chunk is visited. (Deciding per chunk from
+    the data would make the loop's trip count depend on a reduction over the batch: an
+    all-reduce on a sharded batch.)
+    """
     cfg = self.cfg
     count = -(-cfg.length_k // cfg.k_chunk)
-    if not cfg.is_causal:
+    if not cfg.skip_causal:
       return count
     return jnp.minimum(((i + 1) * cfg.q_chunk + cfg.k_chunk - 1) // cfg.k_chunk, count)
-
-  def needs_all_keys(self, i, empty):
-    """A causal chunk with a row that no key may attend (all its logits masked) must visit
-    every key chunk: like `jax.nn.dot_product_attention`, such a row averages over all keys.
-    Rows whose output is zeroed anyway (padding, `query_seq_lengths`) do not count."""
-    t = self.rows(i)[..., 0]
-    counts = t < self.cfg.length_q
-    if self.q_lengths is not None:
-      counts = counts & (t < self.q_lengths[:, None, None, None])
-    return jnp.any(empty & counts)
 
 
 def _forward(cfg: _Config, blocks: _Blocks):
@@ -159,7 +158,6 @@ def _forward(cfg: _Config, blocks: _Blocks):
   ``m + log l``: for a fully masked row m is about -2.4e38, which absorbs ``log l``)."""
   b, _, heads_k, groups, h = blocks.q.shape
   count_q = blocks.q.shape[1] // cfg.q_chunk
-  full = -(-cfg.length_k // cfg.k_chunk)
 
   def query_chunk(i):
     def step(j, carry):
@@ -178,12 +176,7 @@ def _forward(cfg: _Config, blocks: _Blocks):
     init = (jnp.full((b, heads_k, groups, cfg.q_chunk), cfg.large_negative, jnp.float32),
             jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
             jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32))
-    causal_end = blocks.key_chunks(i)
-    carry = jax.lax.fori_loop(0, causal_end, step, init)
-    if cfg.is_causal:
-      end = jnp.where(blocks.needs_all_keys(i, carry[0] == cfg.large_negative), full, causal_end)
-      carry = jax.lax.fori_loop(causal_end, end, step, carry)
-    m, l, acc = carry
+    m, l, acc = jax.lax.fori_loop(0, blocks.key_chunks(i), step, init)
     inverse = 1 / l  # l >= 1: the row's largest term is exp(0)
     return acc * inverse[..., None], m, inverse
 
@@ -210,7 +203,6 @@ def _chunked_bwd(cfg, residuals, g):
   q, k, v, bias, mask, q_lengths, k_lengths, words, drop, out, m, inverse = residuals
   blocks = _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
   count_q = q.shape[1] // cfg.q_chunk
-  full = -(-cfg.length_k // cfg.k_chunk)
   scale = np.float32(cfg.scale)
   # D = rowsum(dO * O) (FlashAttention-2): the softmax's correction term, dropout included.
   delta = jnp.einsum("btkgh,btkgh->bkgt", g.astype(jnp.float32), out.astype(jnp.float32))
@@ -256,13 +248,7 @@ def _chunked_bwd(cfg, residuals, g):
       return dq_i, dk, dv, dbias
 
     inner = (jnp.zeros(q_i.shape, jnp.float32), dk, dv, dbias)
-    causal_end = blocks.key_chunks(i)
-    inner = jax.lax.fori_loop(0, causal_end, step, inner)
-    if cfg.is_causal:
-      empty = _chunk(m, 3, i, cfg.q_chunk) == cfg.large_negative
-      end = jnp.where(blocks.needs_all_keys(i, empty), full, causal_end)
-      inner = jax.lax.fori_loop(causal_end, end, step, inner)
-    dq_i, dk, dv, dbias = inner
+    dq_i, dk, dv, dbias = jax.lax.fori_loop(0, blocks.key_chunks(i), step, inner)
     dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * cfg.q_chunk, 1)
     return dq, dk, dv, dbias
 
@@ -290,7 +276,8 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
-  cfg = _Config(scale=scale, is_causal=is_causal, q_chunk=q_chunk, k_chunk=k_chunk, length_q=t,
+  skip_causal = is_causal and mask is None and k_lengths is None
+  cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk, k_chunk=k_chunk, length_q=t,
                 length_k=s, dropout=dropout_on, mask_shape=mask_shape,
                 large_negative=float(_large_negative(q.dtype)))
   q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
@@ -318,10 +305,10 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
   _, s, heads_k, _ = k.shape
   groups = n // heads_k
   logits = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, heads_k, groups, h), k,
-                      preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+                      preferred_element_type=compute_dtype(q.dtype))
   logits = logits * jnp.asarray(scale, logits.dtype)
   if bias is not None:
-    logits = (logits + _grouped(bias, heads_k)).astype(logits.dtype)
+    logits = logits + _grouped(bias, heads_k).astype(logits.dtype)
   allowed = jnp.ones((1, 1, 1, t, s), bool)
   if mask is not None:
     allowed = allowed & _grouped(mask, heads_k)

@@ -94,7 +94,7 @@ class _BlockDraw:
     for axis in self.spatial_axes:
       p = jnp.arange(shape[axis])
       seeds = seeds & self._broadcast((p >= low) & (p <= shape[axis] - 1 - high), axis, ndim)
-      coverage = coverage * self._broadcast(_coverage(shape[axis], b, jnp), axis, ndim)
+      coverage = coverage * self._broadcast(_coverage(shape[axis], b, jnp).astype(jnp.float32), axis, ndim)
     window = tuple(b if axis in self.spatial_axes else 1 for axis in range(ndim))
     padding = tuple((high, low) if axis in self.spatial_axes else (0, 0) for axis in range(ndim))
     dropped = jax.lax.reduce_window(seeds, False, jax.lax.bitwise_or, window, (1,) * ndim, padding)

@@ -1,0 +1,48 @@
+"""Attention dropout on arrays sharded over batch and heads: no collectives, the unsharded mask.
+
+Runs on 8 devices (see conftest.py), auto axis types: batch over "data" (4) and heads over
+"model" (2), the layout of data- and tensor-parallel transformers.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxdrop
+
+COLLECTIVES = re.compile(r"all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter")
+KEY = jax.random.key(5)
+
+
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+@pytest.mark.parametrize("spec", [P("data"), P("data", None, "model"), P(None, None, ("data", "model"))],
+                         ids=["batch", "batch-heads", "heads"])
+def test_sharded_attention_matches_unsharded_without_collectives(impl, spec):
+  b, t, n, h = 8, 24, 8, 16
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, h)) for i in range(3))
+  cot = jax.random.normal(jax.random.key(9), (b, t, n, h))
+
+  def attend(q, k, v):
+    return jaxdrop.dot_product_attention(q, k, v, dropout_key=KEY, dropout_rate=0.3, is_causal=True,
+                                         implementation=impl, query_chunk_size=8, key_chunk_size=8)
+
+  loss = lambda q, k, v, g: jnp.sum(g * attend(q, k, v))
+  expected, expected_grads = attend(q, k, v), jax.grad(loss, (0, 1, 2))(q, k, v, cot)
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  with jax.set_mesh(mesh):
+    put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
+    args = tuple(map(put, (q, k, v)))
+    fwd, grad = jax.jit(attend), jax.jit(jax.grad(loss, (0, 1, 2)))
+    for compiled in (fwd.lower(*args).compile(), grad.lower(*args, put(cot)).compile()):
+      found = COLLECTIVES.search(compiled.as_text())
+      assert not found, f"{found.group(0)} in the per-device program"
+    y, grads = fwd(*args), grad(*args, put(cot))
+  np.testing.assert_array_equal(y == 0, expected == 0)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+  for ours, ref in zip(grads, expected_grads):
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
