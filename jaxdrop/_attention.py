@@ -391,9 +391,9 @@ def dot_product_attention(
   With ``implementation="chunked"`` no ``(T, S)`` array is built, forward or backward:
   blocks of queries meet blocks of keys with an online softmax, the backward pass keeps
   only the output and each row's log-sum-exp, and each block's dropout mask is drawn again
-  from the key where it is needed. ``"xla"`` materialises the weights (the reference, and
-  faster for short sequences on CPU). The default, None, picks ``"chunked"`` when the
-  weights would hold more than 2**24 elements (64 MiB in float32) and ``"xla"`` below.
+  from the key where it is needed. ``"xla"`` materialises the weights (the reference). The
+  default, None, picks ``"chunked"`` when the weights would hold more than 2**24 elements
+  (64 MiB in float32) and ``"xla"`` below.
 
   Args:
     query: ``(B, T, N, H)`` or ``(T, N, H)``, a floating array.
