@@ -29,7 +29,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import bernoulli_scalars, checked_key, compute_dtype, dropout, require_key
+from ._dropout import (bernoulli_scalars, block_position, checked_key, compute_dtype, dropout,
+                       require_key)
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
@@ -58,7 +59,8 @@ class _Config:
   length_q: int          # T and S before padding to whole chunks
   length_k: int
   dropout: bool          # False: no mask is drawn at all (rate 0 or deterministic=True)
-  mask_shape: tuple[int, int, int, int]  # the dropout mask's (B, N, T, S), 1 where shared
+  mask_shape: tuple[int, int, int, int]  # this call's part of the mask: (B, N, T, S), 1 where shared
+  mask_global: tuple[int, int, int, int]  # the whole mask's (differs inside shard_map)
   large_negative: float
 
 
@@ -79,6 +81,16 @@ def _chunk(a, axis, index, size):
   return jax.lax.dynamic_slice_in_dim(a, index * size, size, axis)
 
 
+def varying_axes(value) -> frozenset:
+  """The manual mesh axes `value` varies over inside `jax.shard_map` (empty outside).
+
+  JAX keeps them on the abstract value: ``manual_axis_type.varying`` in jax 0.10, ``vma``
+  before; `tests/test_jax_pins.py` pins this."""
+  aval = jax.typeof(value)
+  manual = getattr(aval, "manual_axis_type", None)
+  return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
 class _Blocks:
   """The pieces of block ``(i, j)``: logits, which of them take part, the dropout multiplier."""
 
@@ -86,6 +98,14 @@ class _Blocks:
     self.cfg, self.q, self.k, self.v = cfg, q, k, v
     self.bias, self.mask = bias, mask
     self.q_lengths, self.k_lengths, self.words, self.drop = q_lengths, k_lengths, words, drop
+    # Inside shard_map, the mesh axes the inputs vary over: a loop's carry must start with
+    # the type its body gives it, so fresh accumulators are cast to vary over them too.
+    leaves = jax.tree.leaves((q, k, v, bias, mask, q_lengths, k_lengths, words, drop))
+    self.varying = tuple(sorted(set().union(*map(varying_axes, leaves))))
+
+  def fresh(self, value):
+    """A new loop accumulator, typed like the values the loop body combines into it."""
+    return jax.lax.pcast(value, self.varying, to="varying") if self.varying else value
 
   def rows(self, i):
     """Query positions of chunk i, shaped ``(1, 1, 1, Tq, 1)`` like the logits' axes."""
@@ -122,13 +142,13 @@ class _Blocks:
     """The dropout factor of block (i, j): ``1/keep`` where kept, 0 where dropped (float32),
     from the same global mask `jaxdrop.dropout` draws on the ``(B, N, T, S)`` weights."""
     cfg = self.cfg
-    t, any_kept, scale = self.drop
+    t, any_kept, scale, (batch_offset, head_offset) = self.drop
     mb, mn, mt, ms = cfg.mask_shape
     shape = (mb, mn, cfg.q_chunk if mt > 1 else 1, cfg.k_chunk if ms > 1 else 1)
-    offsets = (np.uint32(0), np.uint32(0),
-               (i * cfg.q_chunk if mt > 1 else 0), (j * cfg.k_chunk if ms > 1 else 0))
-    offsets = tuple(jnp.asarray(o, jnp.uint32) for o in offsets)
-    keep = keep_mask(MaskSource(self.words, offsets), MaskLayout(shape, global_shape=cfg.mask_shape),
+    offsets = (batch_offset, head_offset,
+               jnp.asarray(i * cfg.q_chunk if mt > 1 else 0, jnp.uint32),
+               jnp.asarray(j * cfg.k_chunk if ms > 1 else 0, jnp.uint32))
+    keep = keep_mask(MaskSource(self.words, offsets), MaskLayout(shape, global_shape=cfg.mask_global),
                      t, any_kept)
     factor = jnp.where(keep, scale.astype(jnp.float32), np.float32(0))
     heads_k = self.k.shape[2]
@@ -173,9 +193,10 @@ def _forward(cfg: _Config, blocks: _Blocks):
       pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
       return m_new, l, acc * correction[..., None] + pv
 
-    init = (jnp.full((b, heads_k, groups, cfg.q_chunk), cfg.large_negative, jnp.float32),
-            jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
-            jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32))
+    init = tuple(map(blocks.fresh, (
+        jnp.full((b, heads_k, groups, cfg.q_chunk), cfg.large_negative, jnp.float32),
+        jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
+        jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32))))
     m, l, acc = jax.lax.fori_loop(0, blocks.key_chunks(i), step, init)
     inverse = 1 / l  # l >= 1: the row's largest term is exp(0)
     return acc * inverse[..., None], m, inverse
@@ -247,12 +268,12 @@ def _chunked_bwd(cfg, residuals, g):
         dbias = jax.lax.dynamic_update_slice(dbias, old + piece, index)
       return dq_i, dk, dv, dbias
 
-    inner = (jnp.zeros(q_i.shape, jnp.float32), dk, dv, dbias)
+    inner = (blocks.fresh(jnp.zeros(q_i.shape, jnp.float32)), dk, dv, dbias)
     dq_i, dk, dv, dbias = jax.lax.fori_loop(0, blocks.key_chunks(i), step, inner)
     dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * cfg.q_chunk, 1)
     return dq, dk, dv, dbias
 
-  zeros = lambda a: None if a is None else jnp.zeros(a.shape, jnp.float32)
+  zeros = lambda a: None if a is None else blocks.fresh(jnp.zeros(a.shape, jnp.float32))
   dq, dk, dv, dbias = jax.lax.fori_loop(0, count_q, query_chunk,
                                         (zeros(q), zeros(k), zeros(v), zeros(bias)))
   dbias = None if bias is None else dbias.astype(bias.dtype)
@@ -272,13 +293,13 @@ def _pad(a, axis, multiple, value=0):
 
 
 def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *, scale,
-                       is_causal, mask_shape, dropout_on, q_chunk, k_chunk):
+                       is_causal, mask_shape, mask_global, dropout_on, q_chunk, k_chunk):
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
   skip_causal = is_causal and mask is None and k_lengths is None
   cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk, k_chunk=k_chunk, length_q=t,
-                length_k=s, dropout=dropout_on, mask_shape=mask_shape,
+                length_k=s, dropout=dropout_on, mask_shape=mask_shape, mask_global=mask_global,
                 large_negative=float(_large_negative(q.dtype)))
   q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
   k, v = _pad(k, 1, k_chunk), _pad(v, 1, k_chunk)
@@ -294,7 +315,7 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
 
 
 def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate, deterministic,
-                   *, scale, is_causal, broadcast_dims, dropout_on):
+                   *, scale, is_causal, broadcast_dims, dropout_on, weights_spec):
   """The materialised reference: `jax.nn.dot_product_attention`'s computation, with
   `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights."""
   if not dropout_on:
@@ -322,7 +343,7 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
   logits = jnp.where(allowed, logits, _large_negative(q.dtype).astype(logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
   weights = dropout(dropout_key, weights.reshape(b, n, t, s), rate, deterministic=deterministic,
-                    broadcast_dims=broadcast_dims)
+                    broadcast_dims=broadcast_dims, shard_spec=weights_spec)
   out = jnp.einsum("bkgts,bskh->btkgh", weights.reshape(b, heads_k, groups, t, s), v)
   out = out.reshape(b, t, n, h)
   if q_lengths is not None:
@@ -346,6 +367,22 @@ def _check_lengths(a, name, batch):
     raise ValueError(f"{name} must be an integer array of shape ({batch},) (one length per "
                      f"batch element), got {a.dtype.name} array of shape {a.shape}")
   return a.astype(jnp.int32)
+
+
+def _weights_spec(shard_spec, batched: bool):
+  """The `PartitionSpec` of the (B, N, T, S) weights from `query`'s, which may split only
+  the batch and head axes."""
+  shard_spec = check.partition_spec(shard_spec, 4 if batched else 3, "shard_spec")
+  if shard_spec is None:
+    return None
+  entries = tuple(shard_spec) + (None,) * ((4 if batched else 3) - len(shard_spec))
+  if not batched:
+    entries = (None, *entries)
+  if entries[1] is not None or entries[3] is not None:
+    raise ValueError("dot_product_attention's shard_spec (query's in_spec) may split only the "
+                     "batch and head axes; the sequence and head-dimension axes must be whole, "
+                     f"got {shard_spec!r}")
+  return jax.sharding.PartitionSpec(entries[0], entries[2], None, None)
 
 
 def _chunk_size(value, name):
@@ -372,6 +409,7 @@ def dot_product_attention(
     implementation: Literal["xla", "chunked"] | None = None,
     query_chunk_size: int = 512,
     key_chunk_size: int = 512,
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Scaled dot-product attention with dropout on the attention weights.
 
@@ -414,6 +452,10 @@ def dot_product_attention(
       beyond them are masked (and the output's padded query rows are 0).
     implementation: ``"xla"``, ``"chunked"`` or None (see above).
     query_chunk_size, key_chunk_size: the chunked implementation's block sizes.
+    shard_spec: only inside `jax.shard_map`, where the arguments are blocks of global
+      arrays: `query`'s entry of ``in_specs``, so that each block draws its part of the
+      global mask. It may split the batch and head axes (key and value split alike); the
+      sequence and head-dimension axes must be whole.
 
   Returns:
     An array with the shape and dtype of `query`.
@@ -481,6 +523,7 @@ def dot_product_attention(
   check.choice(implementation, (None, *IMPLEMENTATIONS), "implementation")
   q_chunk = _chunk_size(query_chunk_size, "query_chunk_size")
   k_chunk = _chunk_size(key_chunk_size, "key_chunk_size")
+  weights_spec = _weights_spec(shard_spec, batched)
   dropout_key = checked_key(dropout_key)
   dropout_on = not (deterministic is True or rate_value == 0.0)
   if dropout_on:
@@ -491,16 +534,22 @@ def dot_product_attention(
     # Unbatched weights (N, T, S) number their mask rows as a batch of one does.
     out = _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, dropout_rate,
                          deterministic, scale=scale, is_causal=is_causal, broadcast_dims=dims,
-                         dropout_on=dropout_on)
+                         dropout_on=dropout_on, weights_spec=weights_spec)
   else:
     words, drop = None, None
+    mask_shape = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
+    mask_global = mask_shape
     if dropout_on:
       words = mask_words(dropout_key)
-      drop, _ = bernoulli_scalars(drop_threshold(dropout_rate), jnp.asarray(deterministic),
-                                  "inverted")
-    mask_shape = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
+      params, _ = bernoulli_scalars(drop_threshold(dropout_rate), jnp.asarray(deterministic),
+                                    "inverted")
+      offsets = (jnp.uint32(0), jnp.uint32(0))
+      if weights_spec is not None:
+        block_offsets, mask_global = block_position(weights_spec, weights_shape, dims)
+        offsets = block_offsets[:2]  # the sequence axes are whole
+      drop = (*params, offsets)
     out = _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, scale=scale,
-                             is_causal=is_causal, mask_shape=mask_shape, dropout_on=dropout_on,
-                             q_chunk=q_chunk, k_chunk=k_chunk)
+                             is_causal=is_causal, mask_shape=mask_shape, mask_global=tuple(mask_global),
+                             dropout_on=dropout_on, q_chunk=q_chunk, k_chunk=k_chunk)
   return out if batched else out[0]
 

@@ -72,3 +72,20 @@ def test_mask_of_a_fixed_key_is_stable():
 
 
 EXPECTED_FIRST_32_KEPT_BITS = 0xE79AFF67  # recorded on jax 0.10.2 (mask stream 2)
+
+
+def test_varying_mesh_axes_are_readable_inside_shard_map():
+  # The chunked attention's loop accumulators must vary over the same mesh axes as its inputs.
+  from jax.sharding import PartitionSpec as P
+  from jaxdrop._attention import varying_axes
+  mesh = jax.make_mesh((1,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+  seen = []
+
+  def body(x, y):
+    seen.append((varying_axes(x), varying_axes(y)))
+    return x + y
+
+  jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P()), out_specs=P("d")))(
+      jnp.ones(4), jnp.ones(4))
+  assert seen == [(frozenset({"d"}), frozenset())]
+  assert varying_axes(jnp.ones(3)) == frozenset()
