@@ -30,7 +30,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxdrop
 
