@@ -31,6 +31,7 @@ from jax.typing import ArrayLike
 from . import _validate as check
 from ._dropout import (bernoulli_scalars, block_position, checked_key, compute_dtype, dropout,
                        require_key)
+from ._core import _JAX_JVP_ERROR
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
@@ -41,11 +42,11 @@ IMPLEMENTATIONS = ("xla", "chunked")
 _CHUNKED_ABOVE = 2**24
 
 
-def _large_negative(dtype) -> np.ndarray:
+def _large_negative() -> np.ndarray:
   """The value masked logits take, as in `jax.nn.dot_product_attention` (so fully masked rows
-  average the values exactly as it does)."""
-  return np.asarray(-0.7 * min(float(jnp.finfo(dtype).max), float(jnp.finfo(np.float32).max)),
-                    np.float32)
+  average the values exactly as it does): -0.7 times float32's largest value, its logits
+  being float32 for half-precision inputs too."""
+  return np.asarray(-0.7 * float(jnp.finfo(np.float32).max), np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,9 @@ class _Blocks:
     if self.q_lengths is not None:
       allowed = allowed & (t < self.q_lengths[:, None, None, None, None])
     s = jnp.where(allowed, s, cfg.large_negative)
+    # Padded keys (beyond S) take no part, not even in the running maximum: a masked logit
+    # is above a bias as low as finfo.min.
+    s = jnp.where(exists, s, np.finfo(np.float32).min)
     return s, allowed, exists
 
   def multiplier(self, i, j):
@@ -193,8 +197,10 @@ def _forward(cfg: _Config, blocks: _Blocks):
       pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
       return m_new, l, acc * correction[..., None] + pv
 
+    # The running maximum starts below every finite logit (not at the masking value: a bias
+    # such as finfo.min puts logits below it), so the largest term of each row is exp(0).
     init = tuple(map(blocks.fresh, (
-        jnp.full((b, heads_k, groups, cfg.q_chunk), cfg.large_negative, jnp.float32),
+        jnp.full((b, heads_k, groups, cfg.q_chunk), jnp.finfo(jnp.float32).min, jnp.float32),
         jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
         jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32))))
     m, l, acc = jax.lax.fori_loop(0, blocks.key_chunks(i), step, init)
@@ -300,7 +306,7 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
   skip_causal = is_causal and mask is None and k_lengths is None
   cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk, k_chunk=k_chunk, length_q=t,
                 length_k=s, dropout=dropout_on, mask_shape=mask_shape, mask_global=mask_global,
-                large_negative=float(_large_negative(q.dtype)))
+                large_negative=float(_large_negative()))
   q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
   k, v = _pad(k, 1, k_chunk), _pad(v, 1, k_chunk)
   bias = _pad(_pad(_grouped(bias, heads_k), 3, q_chunk), 4, k_chunk)
@@ -340,10 +346,11 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
     allowed = allowed & (columns < k_lengths[:, None, None, None, None])
   if q_lengths is not None:
     allowed = allowed & (rows < q_lengths[:, None, None, None, None])
-  logits = jnp.where(allowed, logits, _large_negative(q.dtype).astype(logits.dtype))
+  logits = jnp.where(allowed, logits, _large_negative().astype(logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
   weights = dropout(dropout_key, weights.reshape(b, n, t, s), rate, deterministic=deterministic,
-                    broadcast_dims=broadcast_dims, shard_spec=weights_spec)
+                    broadcast_dims=broadcast_dims, shard_spec=weights_spec,
+                    autodiff="jvp")  # forward mode too, at the cost of "vjp" (measured)
   out = jnp.einsum("bkgts,bskh->btkgh", weights.reshape(b, heads_k, groups, t, s), v)
   out = out.reshape(b, t, n, h)
   if q_lengths is not None:
@@ -351,12 +358,13 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
   return out
 
 
-def _check_broadcastable(a, name, target):
-  if a is None:
-    return
-  if a.ndim != len(target) or any(d not in (1, want) for d, want in zip(a.shape, target)):
+def _four_d(a, name, target):
+  """`a` with leading axes of size 1 up to four (as jax.nn does), checked to broadcast to the
+  weights' (B, N, T, S) with its head axis 1 or N."""
+  if a.ndim > 4 or any(d not in (1, want) for d, want in zip(a.shape[::-1], target[::-1])):
     raise ValueError(f"{name} must broadcast to the attention weights' shape {target} "
                      f"(B, N, T, S), with its head axis 1 or N, got shape {a.shape}")
+  return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
 
 def _check_lengths(a, name, batch):
@@ -431,7 +439,13 @@ def dot_product_attention(
   only the output and each row's log-sum-exp, and each block's dropout mask is drawn again
   from the key where it is needed. ``"xla"`` materialises the weights (the reference). The
   default, None, picks ``"chunked"`` when the weights would hold more than 2**24 elements
-  (64 MiB in float32) and ``"xla"`` below.
+  (64 MiB in float32) and ``"xla"`` below. The chunked derivative is reverse mode only
+  (`jax.grad`, `jax.vjp`): for `jax.jvp`, `jax.jacfwd`, `jax.linearize` or second
+  derivatives pass ``implementation="xla"``. Both compute the softmax in float32, as
+  `jax.nn.dot_product_attention` does (float64 inputs included); chunked computes the logits
+  in float32 too. A ``(T, S)``
+  bias or mask is an input of that size, and a bias gets a gradient of its own shape; the
+  chunked implementation builds no other ``(T, S)`` array.
 
   Args:
     query: ``(B, T, N, H)`` or ``(T, N, H)``, a floating array.
@@ -491,23 +505,25 @@ def dot_product_attention(
   b, t, n, h = q.shape
   if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h:
     raise ValueError(f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
-                     f"query {tuple(query.shape)}, got key {k.shape} and value {v.shape}")
+                     f"query {q.shape}, got key {k.shape} and value {v.shape}")
   s, heads_k = k.shape[1], k.shape[2]
   if n % heads_k:
     raise ValueError(f"the number of query heads ({n}) must be a multiple of the number of "
                      f"key/value heads ({heads_k})")
   weights_shape = (b, n, t, s)
   if bias is not None:
-    bias = check.float_array(bias, "bias")
-    bias = bias if bias.ndim != 3 else bias[None]
-    _check_broadcastable(bias, "bias", weights_shape)
+    check.not_a_key(bias, "bias", "an additive bias")
+    bias = jnp.asarray(bias)
+    if jnp.issubdtype(bias.dtype, jnp.integer) or bias.dtype == jnp.bool_:
+      bias = bias.astype(jnp.float32)  # jax.nn adds any numeric bias to float32 logits
+    bias = _four_d(check.float_array(bias, "bias"), "bias", weights_shape)
   if mask is not None:
+    check.not_a_key(mask, "mask", "a boolean mask")
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
       raise TypeError(f"mask must be boolean (True where attention is allowed), got dtype "
                       f"{mask.dtype.name}; pass an additive mask as bias")
-    mask = mask if mask.ndim != 3 else mask[None]
-    _check_broadcastable(mask, "mask", weights_shape)
+    mask = _four_d(mask, "mask", weights_shape)
   q_lengths = _check_lengths(query_seq_lengths, "query_seq_lengths", b)
   k_lengths = _check_lengths(key_value_seq_lengths, "key_value_seq_lengths", b)
   rate_value = check.probability(dropout_rate, "dropout_rate")
@@ -517,8 +533,10 @@ def dot_product_attention(
   dims = dims if batched else tuple(d + 1 for d in dims)
   if scale is None:
     scale = 1 / math.sqrt(h)
-  elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.floating, np.integer)):
-    raise TypeError(f"scale must be a Python number, got {scale!r}")
+  elif (isinstance(scale, (bool, np.bool_)) or check.is_traced(scale) or np.ndim(scale) != 0
+        or not jnp.issubdtype(np.asarray(scale).dtype, np.number)):
+    raise TypeError(f"scale must be a concrete real number (it is part of the compiled "
+                    f"program), got {scale!r}")
   scale = float(scale)
   check.choice(implementation, (None, *IMPLEMENTATIONS), "implementation")
   q_chunk = _chunk_size(query_chunk_size, "query_chunk_size")
@@ -530,6 +548,8 @@ def dot_product_attention(
     dropout_key = require_key("dot_product_attention", dropout_key, dropout_rate, deterministic)
   if implementation is None:
     implementation = "chunked" if math.prod(weights_shape) > _CHUNKED_ABOVE else "xla"
+  if t == 0 or s == 0:
+    implementation = "xla"  # nothing to chunk: the materialised version handles empty axes
   if implementation == "xla":
     # Unbatched weights (N, T, S) number their mask rows as a batch of one does.
     out = _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, dropout_rate,
@@ -548,8 +568,17 @@ def dot_product_attention(
         block_offsets, mask_global = block_position(weights_spec, weights_shape, dims)
         offsets = block_offsets[:2]  # the sequence axes are whole
       drop = (*params, offsets)
-    out = _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, scale=scale,
-                             is_causal=is_causal, mask_shape=mask_shape, mask_global=tuple(mask_global),
-                             dropout_on=dropout_on, q_chunk=q_chunk, k_chunk=k_chunk)
+    try:
+      out = _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop,
+                               scale=scale, is_causal=is_causal, mask_shape=mask_shape,
+                               mask_global=tuple(mask_global), dropout_on=dropout_on,
+                               q_chunk=q_chunk, k_chunk=k_chunk)
+    except TypeError as err:
+      if _JAX_JVP_ERROR not in str(err):
+        raise
+      raise TypeError(
+          "jaxdrop.dot_product_attention with implementation='chunked' has a hand-written "
+          "reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
+          "jax.linearize or second derivatives pass implementation='xla' (the same mask)") from err
   return out if batched else out[0]
 

@@ -93,6 +93,12 @@ def test_without_dropout_equals_jax_nn(kind, impl, heads_k):
     out = jax.jit(lambda q, k, v: jaxdrop.dot_product_attention(
         q, k, v, **options, **det, implementation=impl, **CHUNKS))(q, k, v)
     _close(out, expected, rtol=1e-5, atol=1e-6)
+  # A traced deterministic=True takes the dropout path (for "xla", jaxdrop's own materialised
+  # computation rather than jax.nn's): it must compute the same attention.
+  out = jax.jit(lambda q, k, v, det: jaxdrop.dot_product_attention(
+      q, k, v, **options, dropout_key=DROP_KEY, dropout_rate=0.5, deterministic=det,
+      implementation=impl, **CHUNKS))(q, k, v, jnp.bool_(True))
+  _close(out, expected, rtol=1e-5, atol=1e-6)
   if impl == "xla":
     return  # without dropout "xla" is jax.nn.dot_product_attention itself
   ours = _grads(lambda *a, **o: _attend(*a, impl, **o), q, k, v, dict(options))
@@ -234,6 +240,60 @@ def test_default_implementation_by_size():
   assert "custom_vjp_call" in jaxpr  # 2 * 4096 * 4096 weights > 2**24: chunked
 
 
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_logits_below_the_masking_value_and_half_precision_masks_match_jax_nn(impl):
+  # A finfo.min bias row (logits below the value masked logits take) stays finite; in float16
+  # the masked logits are float32's large negative as in jax.nn, so a bias of -1e5 on the
+  # allowed keys still beats the masked ones.
+  q, k, v = _inputs()
+  bias = np.zeros((2, 4, 19, 13), np.float32)
+  bias[0, 1, 2] = np.finfo(np.float32).min
+  bias[1, :, 4, :5] = -1e5
+  mask = np.ones((2, 1, 19, 13), bool)
+  mask[1, 0, 4, 5:] = False
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.float16, 5e-3)):
+    args = [a.astype(dtype) for a in (q, k, v)]
+    expected = jax.nn.dot_product_attention(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask))
+    for det in ({"dropout_rate": 0.0}, {"dropout_rate": 0.5, "deterministic": jnp.bool_(True)}):
+      out = jaxdrop.dot_product_attention(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask),
+                                          dropout_key=DROP_KEY, implementation=impl, **det, **CHUNKS)
+      assert bool(jnp.all(jnp.isfinite(out)))
+      _close(out, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_empty_sequences_and_unbatched_gradients(impl):
+  q, k, v = _inputs()
+  for t, s in ((0, 13), (19, 0)):
+    out = jaxdrop.dot_product_attention(q[:, :t], k[:, :s], v[:, :s], dropout_key=DROP_KEY,
+                                        dropout_rate=0.3, implementation=impl)
+    np.testing.assert_array_equal(out, jax.nn.dot_product_attention(q[:, :t], k[:, :s], v[:, :s]))
+  unbatched = lambda impl: lambda q, k, v, **o: _attend(q[0], k[0], v[0], impl, 0.3, **o)[None]
+  _close(_grads(unbatched(impl), q, k, v, _options("causal_mask", 2, 4, 19, 13)),
+         _grads(unbatched("xla"), q, k, v, _options("causal_mask", 2, 4, 19, 13)), 1e-4, 1e-5)
+
+
+def test_forward_mode_needs_xla_and_says_so():
+  q, k, v = _inputs()
+  f = lambda impl: lambda q: jnp.sum(jaxdrop.dot_product_attention(
+      q, k, v, dropout_key=DROP_KEY, dropout_rate=0.3, implementation=impl, **CHUNKS))
+  with pytest.raises(TypeError, match="implementation='xla'"):
+    jax.jvp(f("chunked"), (q,), (q,))
+  _, tangent = jax.jvp(f("xla"), (q,), (q,))
+  np.testing.assert_allclose(tangent, jnp.vdot(jax.grad(f("xla"))(q), q), rtol=1e-4)
+
+
+def test_bias_shapes_dtypes_and_scale_as_jax_nn_accepts_them():
+  q, k, v = _inputs()
+  for bias in (jnp.ones((19, 13)), jnp.ones((4, 19, 13), jnp.int32), jnp.ones((1, 13))):
+    for impl in ("xla", "chunked"):
+      out = jaxdrop.dot_product_attention(q, k, v, bias=bias, scale=jnp.float32(0.5),
+                                          implementation=impl, **CHUNKS)
+      _close(out, jax.nn.dot_product_attention(q, k, v, bias=bias, scale=0.5), 1e-5, 1e-6)
+  with pytest.raises(TypeError, match="scale must be a concrete real number"):
+    jax.jit(lambda s: jaxdrop.dot_product_attention(q, k, v, scale=s))(0.5)
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, dropout_rate=0.1), TypeError,
      "needs a PRNG key"),
@@ -248,6 +308,8 @@ def test_default_implementation_by_size():
     (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, mask=jnp.ones((2, 4, 19, 13))),
      TypeError, "mask must be boolean"),
     (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((2, 3, 19, 13))),
+     ValueError, "bias must broadcast"),
+    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((1, 2, 4, 19, 13))),
      ValueError, "bias must broadcast"),
     (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, query_seq_lengths=jnp.ones(3, jnp.int32)),
      ValueError, r"query_seq_lengths must be an integer array of shape \(2,\)"),

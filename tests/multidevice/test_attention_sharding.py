@@ -20,16 +20,25 @@ KEY = jax.random.key(5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
-@pytest.mark.parametrize("spec", [P("data"), P("data", None, "model"), P(None, None, ("data", "model"))],
-                         ids=["batch", "batch-heads", "heads"])
-def test_sharded_attention_matches_unsharded_without_collectives(impl, spec):
+@pytest.mark.parametrize("spec,heads_k", [(P("data"), 8), (P("data", None, "model"), 8),
+                                          (P(None, None, ("data", "model")), 8),
+                                          (P("data", None, "model"), 4)],
+                         ids=["batch", "batch-heads", "heads", "batch-heads-gqa-masks"])
+def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, heads_k):
   b, t, n, h = 8, 24, 8, 16
-  q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, h)) for i in range(3))
+  q = jax.random.normal(jax.random.key(0), (b, t, n, h))
+  k, v = (jax.random.normal(jax.random.key(i), (b, t, heads_k, h)) for i in (1, 2))
   cot = jax.random.normal(jax.random.key(9), (b, t, n, h))
+  extra = {}
+  if heads_k < n:  # grouped-query attention with a head bias, a boolean mask and key lengths
+    extra = {"bias": jax.random.normal(jax.random.key(4), (1, n, 1, t)),
+             "mask": jax.random.bernoulli(jax.random.key(5), 0.8, (b, 1, t, t)),
+             "key_value_seq_lengths": jnp.arange(b, dtype=jnp.int32) + t - b}
 
   def attend(q, k, v):
     return jaxdrop.dot_product_attention(q, k, v, dropout_key=KEY, dropout_rate=0.3, is_causal=True,
-                                         implementation=impl, query_chunk_size=8, key_chunk_size=8)
+                                         implementation=impl, query_chunk_size=8, key_chunk_size=8,
+                                         **extra)
 
   loss = lambda q, k, v, g: jnp.sum(g * attend(q, k, v))
   expected, expected_grads = attend(q, k, v), jax.grad(loss, (0, 1, 2))(q, k, v, cot)
