@@ -325,9 +325,12 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
   """The materialised reference: `jax.nn.dot_product_attention`'s computation, with
   `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights."""
   if not dropout_on:
-    return jax.nn.dot_product_attention(
-        q, k, v, bias, mask, scale=scale, is_causal=is_causal, query_seq_lengths=q_lengths,
-        key_value_seq_lengths=k_lengths, implementation="xla")
+    # jax.nn promotes implicitly (float16 queries to float32 logits): run it under standard
+    # promotion, so that a caller's strict promotion still covers jaxdrop's own code only.
+    with jax.numpy_dtype_promotion("standard"):
+      return jax.nn.dot_product_attention(
+          q, k, v, bias, mask, scale=scale, is_causal=is_causal, query_seq_lengths=q_lengths,
+          key_value_seq_lengths=k_lengths, implementation="xla")
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   groups = n // heads_k

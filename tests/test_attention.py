@@ -21,6 +21,13 @@ DROP_KEY = jax.random.key(11)
 Z = 5.0
 
 
+def _jax_nn(*args, **options):
+  """The reference, under standard promotion (it promotes float16 and integer biases
+  implicitly, which the suite's strict-promotion run would refuse)."""
+  with jax.numpy_dtype_promotion("standard"):
+    return jax.nn.dot_product_attention(*args, **options)
+
+
 def _inputs(b=2, t=19, s=13, n=4, k=2, h=8, dtype=jnp.float32, seed=0):
   keys = jax.random.split(jax.random.key(seed), 3)
   q = jax.random.normal(keys[0], (b, t, n, h), jnp.float32).astype(dtype)
@@ -88,7 +95,7 @@ def _close(a, b, rtol, atol):
 def test_without_dropout_equals_jax_nn(kind, impl, heads_k):
   q, k, v = _inputs(k=heads_k)
   options = _options(kind, 2, 4, 19, 13)
-  expected = jax.nn.dot_product_attention(q, k, v, **options, implementation="xla")
+  expected = _jax_nn(q, k, v, **options, implementation="xla")
   for det in ({"dropout_rate": 0.0}, {"dropout_rate": 0.5, "deterministic": True}):
     out = jax.jit(lambda q, k, v: jaxdrop.dot_product_attention(
         q, k, v, **options, **det, implementation=impl, **CHUNKS))(q, k, v)
@@ -102,7 +109,7 @@ def test_without_dropout_equals_jax_nn(kind, impl, heads_k):
   if impl == "xla":
     return  # without dropout "xla" is jax.nn.dot_product_attention itself
   ours = _grads(lambda *a, **o: _attend(*a, impl, **o), q, k, v, dict(options))
-  theirs = _grads(lambda *a, **o: jax.nn.dot_product_attention(*a, **o, implementation="xla"),
+  theirs = _grads(lambda *a, **o: _jax_nn(*a, **o, implementation="xla"),
                   q, k, v, dict(options))
   _close(ours, theirs, rtol=1e-4, atol=1e-5)
 
@@ -142,7 +149,7 @@ def _revealed_weights(impl, rate, broadcast_dims=(), batched=True, **options):
                                       broadcast_dims=broadcast_dims, implementation=impl,
                                       query_chunk_size=4, key_chunk_size=4, **options)
   weights = jnp.moveaxis(out, -2, -3)  # (..., T, N, S) -> (..., N, T, S)
-  plain = jax.nn.dot_product_attention(q, k, v, **options)
+  plain = _jax_nn(q, k, v, **options)
   return weights, jnp.moveaxis(plain, -2, -3)
 
 
@@ -180,7 +187,7 @@ def test_traced_rate_and_deterministic_do_not_retrace(impl):
     return jaxdrop.dot_product_attention(q, k, v, dropout_key=DROP_KEY, dropout_rate=rate,
                                          deterministic=det, implementation=impl, **CHUNKS)
 
-  expected = jax.nn.dot_product_attention(q, k, v)
+  expected = _jax_nn(q, k, v)
   _close(f(0.3, jnp.bool_(True)), expected, 1e-5, 1e-6)
   _close(f(0.0, jnp.bool_(False)), expected, 1e-5, 1e-6)
   np.testing.assert_array_equal(f(1.0, jnp.bool_(False)), jnp.zeros_like(q))
@@ -253,7 +260,7 @@ def test_logits_below_the_masking_value_and_half_precision_masks_match_jax_nn(im
   mask[1, 0, 4, 5:] = False
   for dtype, tol in ((jnp.float32, 1e-5), (jnp.float16, 5e-3)):
     args = [a.astype(dtype) for a in (q, k, v)]
-    expected = jax.nn.dot_product_attention(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask))
+    expected = _jax_nn(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask))
     for det in ({"dropout_rate": 0.0}, {"dropout_rate": 0.5, "deterministic": jnp.bool_(True)}):
       out = jaxdrop.dot_product_attention(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask),
                                           dropout_key=DROP_KEY, implementation=impl, **det, **CHUNKS)
@@ -267,7 +274,7 @@ def test_empty_sequences_and_unbatched_gradients(impl):
   for t, s in ((0, 13), (19, 0)):
     out = jaxdrop.dot_product_attention(q[:, :t], k[:, :s], v[:, :s], dropout_key=DROP_KEY,
                                         dropout_rate=0.3, implementation=impl)
-    np.testing.assert_array_equal(out, jax.nn.dot_product_attention(q[:, :t], k[:, :s], v[:, :s]))
+    np.testing.assert_array_equal(out, _jax_nn(q[:, :t], k[:, :s], v[:, :s]))
   unbatched = lambda impl: lambda q, k, v, **o: _attend(q[0], k[0], v[0], impl, 0.3, **o)[None]
   _close(_grads(unbatched(impl), q, k, v, _options("causal_mask", 2, 4, 19, 13)),
          _grads(unbatched("xla"), q, k, v, _options("causal_mask", 2, 4, 19, 13)), 1e-4, 1e-5)
@@ -289,7 +296,7 @@ def test_bias_shapes_dtypes_and_scale_as_jax_nn_accepts_them():
     for impl in ("xla", "chunked"):
       out = jaxdrop.dot_product_attention(q, k, v, bias=bias, scale=jnp.float32(0.5),
                                           implementation=impl, **CHUNKS)
-      _close(out, jax.nn.dot_product_attention(q, k, v, bias=bias, scale=0.5), 1e-5, 1e-6)
+      _close(out, _jax_nn(q, k, v, bias=bias, scale=0.5), 1e-5, 1e-6)
   with pytest.raises(TypeError, match="scale must be a concrete real number"):
     jax.jit(lambda s: jaxdrop.dot_product_attention(q, k, v, scale=s))(0.5)
 
