@@ -304,8 +304,9 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
   _, s, heads_k, _ = k.shape
   q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
   skip_causal = is_causal and mask is None and k_lengths is None
-  cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk, k_chunk=k_chunk, length_q=t,
-                length_k=s, dropout=dropout_on, mask_shape=mask_shape, mask_global=mask_global,
+  cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk,
+                k_chunk=k_chunk, length_q=t, length_k=s, dropout=dropout_on,
+                mask_shape=mask_shape, mask_global=mask_global,
                 large_negative=float(_large_negative()))
   q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
   k, v = _pad(k, 1, k_chunk), _pad(v, 1, k_chunk)
