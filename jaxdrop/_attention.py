@@ -42,11 +42,41 @@ IMPLEMENTATIONS = ("xla", "chunked")
 _CHUNKED_ABOVE = 2**24
 
 
-def _large_negative() -> np.ndarray:
-  """The value masked logits take, as in `jax.nn.dot_product_attention` (so fully masked rows
-  average the values exactly as it does): -0.7 times float32's largest value, its logits
-  being float32 for half-precision inputs too."""
-  return np.asarray(-0.7 * float(jnp.finfo(np.float32).max), np.float32)
+# The value masked logits take, as in `jax.nn.dot_product_attention` (so fully masked rows
+# average the values exactly as it does): -0.7 times float32's largest value, its logits
+# being float32 for half-precision inputs too.
+_LARGE_NEGATIVE = np.float32(-0.7 * float(np.finfo(np.float32).max))
+
+
+def _allowed(rows, columns, mask, is_causal, q_lengths, k_lengths):
+  """Which logits take part, ``(B, K, G, T, S)``-broadcastable, from query positions `rows`
+  ``(1, 1, 1, T, 1)`` and key positions `columns` ``(1, 1, 1, 1, S)``: the rule of
+  `jax.nn.dot_product_attention`, shared by both implementations (the chunked one passes a
+  block's positions and the block of `mask`)."""
+  allowed = jnp.ones((1, 1, 1) + (rows.shape[3], columns.shape[4]), bool)
+  if mask is not None:
+    allowed = allowed & mask
+  if is_causal:
+    allowed = allowed & (columns <= rows)
+  if k_lengths is not None:
+    allowed = allowed & (columns < k_lengths[:, None, None, None, None])
+  if q_lengths is not None:
+    allowed = allowed & (rows < q_lengths[:, None, None, None, None])
+  return allowed
+
+
+def _zero_padded_rows(out, q_lengths):
+  """The output's query rows at or beyond `query_seq_lengths` set to 0, as jax.nn does."""
+  if q_lengths is None:
+    return out
+  rows = jnp.arange(out.shape[1])[None, :] < q_lengths[:, None]
+  return out * rows[:, :, None, None].astype(out.dtype)
+
+
+def _add_at(total, piece, index):
+  """`total` with `piece` added at `index` (its start along every axis)."""
+  return jax.lax.dynamic_update_slice(
+      total, jax.lax.dynamic_slice(total, index, piece.shape) + piece, index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +92,6 @@ class _Config:
   dropout: bool          # False: no mask is drawn at all (rate 0 or deterministic=True)
   mask_shape: tuple[int, int, int, int]  # this call's part of the mask: (B, N, T, S), 1 where shared
   mask_global: tuple[int, int, int, int]  # the whole mask's (differs inside shard_map)
-  large_negative: float
 
 
 def _grouped(a, heads_k):
@@ -127,16 +156,9 @@ class _Blocks:
       s = s + _chunk(_chunk(self.bias, 3, i, cfg.q_chunk), 4, j, cfg.k_chunk).astype(jnp.float32)
     t, c = self.rows(i), self.columns(j)
     exists = c < cfg.length_k
-    allowed = jnp.broadcast_to(exists, (1, 1, 1, cfg.q_chunk, cfg.k_chunk))
-    if self.mask is not None:
-      allowed = allowed & _chunk(_chunk(self.mask, 3, i, cfg.q_chunk), 4, j, cfg.k_chunk)
-    if cfg.is_causal:
-      allowed = allowed & (c <= t)
-    if self.k_lengths is not None:
-      allowed = allowed & (c < self.k_lengths[:, None, None, None, None])
-    if self.q_lengths is not None:
-      allowed = allowed & (t < self.q_lengths[:, None, None, None, None])
-    s = jnp.where(allowed, s, cfg.large_negative)
+    mask = _chunk(_chunk(self.mask, 3, i, cfg.q_chunk), 4, j, cfg.k_chunk)
+    allowed = exists & _allowed(t, c, mask, cfg.is_causal, self.q_lengths, self.k_lengths)
+    s = jnp.where(allowed, s, _LARGE_NEGATIVE)
     # Padded keys (beyond S) take no part, not even in the running maximum: a masked logit
     # is above a bias as low as finfo.min.
     s = jnp.where(exists, s, np.finfo(np.float32).min)
@@ -261,17 +283,13 @@ def _chunked_bwd(cfg, residuals, g):
       dk_j = scale * jnp.einsum("bkgts,btkgh->bskh", ds.astype(q.dtype), q_i,
                                 preferred_element_type=jnp.float32)
       start = j * cfg.k_chunk
-      dk = jax.lax.dynamic_update_slice_in_dim(
-          dk, jax.lax.dynamic_slice_in_dim(dk, start, cfg.k_chunk, 1) + dk_j, start, 1)
-      dv = jax.lax.dynamic_update_slice_in_dim(
-          dv, jax.lax.dynamic_slice_in_dim(dv, start, cfg.k_chunk, 1) + dv_j, start, 1)
+      dk = _add_at(dk, dk_j, (0, start, 0, 0))
+      dv = _add_at(dv, dv_j, (0, start, 0, 0))
       if dbias is not None:
         axes = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] > 1)
-        piece = jnp.sum(ds, axis=axes, keepdims=True)
-        index = [0, 0, 0, i * cfg.q_chunk if dbias.shape[3] > 1 else 0,
-                 start if dbias.shape[4] > 1 else 0]
-        old = jax.lax.dynamic_slice(dbias, index, piece.shape)
-        dbias = jax.lax.dynamic_update_slice(dbias, old + piece, index)
+        dbias = _add_at(dbias, jnp.sum(ds, axis=axes, keepdims=True),
+                        (0, 0, 0, i * cfg.q_chunk if dbias.shape[3] > 1 else 0,
+                         start if dbias.shape[4] > 1 else 0))
       return dq_i, dk, dv, dbias
 
     inner = (blocks.fresh(jnp.zeros(q_i.shape, jnp.float32)), dk, dv, dbias)
@@ -306,8 +324,7 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
   skip_causal = is_causal and mask is None and k_lengths is None
   cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk,
                 k_chunk=k_chunk, length_q=t, length_k=s, dropout=dropout_on,
-                mask_shape=mask_shape, mask_global=mask_global,
-                large_negative=float(_large_negative()))
+                mask_shape=mask_shape, mask_global=mask_global)
   q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
   k, v = _pad(k, 1, k_chunk), _pad(v, 1, k_chunk)
   bias = _pad(_pad(_grouped(bias, heads_k), 3, q_chunk), 4, k_chunk)
@@ -315,10 +332,7 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
   # separately (`exists`), so the mask's padding value does not matter for them.
   mask = _pad(_pad(_grouped(mask, heads_k), 3, q_chunk, True), 4, k_chunk, True)
   out = _chunked(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
-  out = out[:, :t].reshape(b, t, n, h)
-  if q_lengths is not None:
-    out = out * (jnp.arange(t)[None, :] < q_lengths[:, None])[:, :, None, None].astype(out.dtype)
-  return out
+  return _zero_padded_rows(out[:, :t].reshape(b, t, n, h), q_lengths)
 
 
 def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate, deterministic,
@@ -340,26 +354,15 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
   logits = logits * jnp.asarray(scale, logits.dtype)
   if bias is not None:
     logits = logits + _grouped(bias, heads_k).astype(logits.dtype)
-  allowed = jnp.ones((1, 1, 1, t, s), bool)
-  if mask is not None:
-    allowed = allowed & _grouped(mask, heads_k)
   rows, columns = jnp.arange(t).reshape(1, 1, 1, t, 1), jnp.arange(s).reshape(1, 1, 1, 1, s)
-  if is_causal:
-    allowed = allowed & (columns <= rows)
-  if k_lengths is not None:
-    allowed = allowed & (columns < k_lengths[:, None, None, None, None])
-  if q_lengths is not None:
-    allowed = allowed & (rows < q_lengths[:, None, None, None, None])
-  logits = jnp.where(allowed, logits, _large_negative().astype(logits.dtype))
+  allowed = _allowed(rows, columns, _grouped(mask, heads_k), is_causal, q_lengths, k_lengths)
+  logits = jnp.where(allowed, logits, _LARGE_NEGATIVE.astype(logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
   weights = dropout(dropout_key, weights.reshape(b, n, t, s), rate, deterministic=deterministic,
                     broadcast_dims=broadcast_dims, shard_spec=weights_spec,
                     autodiff="jvp")  # forward mode too, at the cost of "vjp" (measured)
   out = jnp.einsum("bkgts,bskh->btkgh", weights.reshape(b, heads_k, groups, t, s), v)
-  out = out.reshape(b, t, n, h)
-  if q_lengths is not None:
-    out = out * (jnp.arange(t)[None, :] < q_lengths[:, None])[:, :, None, None].astype(out.dtype)
-  return out
+  return _zero_padded_rows(out.reshape(b, t, n, h), q_lengths)
 
 
 def _four_d(a, name, target):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._dropout import compute_dtype
 from ._keys import as_typed_key
 
 
@@ -31,7 +32,7 @@ def _positive_int(value, name: str) -> int:
 def _moments(samples):
   # Accumulated in float32 (float64 for float64 samples), cast explicitly: no implicit
   # promotion, so it also runs under jax_numpy_dtype_promotion="strict".
-  acc = lambda s: s.astype(jnp.float64 if s.dtype == jnp.float64 else jnp.float32)
+  acc = lambda s: s.astype(compute_dtype(s.dtype))
   return (jax.tree.map(lambda s: acc(s).mean(0), samples),
           jax.tree.map(lambda s: acc(s).var(0), samples))
 
