@@ -18,6 +18,16 @@ from ._mc import mc_dropout as mc_dropout
 
 __version__ = "0.1.0"
 
+# Framework adapters, imported (with their framework) on first use: `jaxdrop.nnx.Dropout`.
+_ADAPTERS = ("nnx", "linen", "equinox", "haiku")
+
+
+def __getattr__(name: str):
+  if name in _ADAPTERS:
+    import importlib
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "dropout",
     "channel_dropout",

@@ -1,0 +1,86 @@
+"""Flax's ``attention_fn`` convention mapped onto `dot_product_attention`.
+
+Flax's attention modules call ``attention_fn(query, key, value, mask=..., dropout_rng=...,
+dropout_rate=..., broadcast_dropout=..., deterministic=..., precision=...)`` on arrays of shape
+``[batch..., length, heads, depth]`` with any number of batch axes (none included). This module
+turns those arguments into one `dot_product_attention` call: the batch axes merge into one,
+``broadcast_dropout=True`` (one mask shared by every example and head) becomes
+``broadcast_dims`` over the batch and head axes, and a `precision` applies to every matmul of
+the call. It imports no Flax: `jaxdrop.nnx` and `jaxdrop.linen` add the framework's dtype
+promotion and weight sowing around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ._attention import dot_product_attention
+
+# `jax.default_matmul_precision` names of the `lax.Precision` values.
+_PRECISION_NAMES = {jax.lax.Precision.DEFAULT: "default", jax.lax.Precision.HIGH: "high",
+                    jax.lax.Precision.HIGHEST: "highest"}
+
+
+def no_custom_einsums(**einsums) -> None:
+  """Flax's hooks that replace the attention einsums cannot apply: the weights never exist."""
+  for name, value in einsums.items():
+    if value is not None:
+      raise ValueError(f"{name} is not supported by jaxdrop's attention_fn, got {value!r}: it "
+                       "never forms the attention weights as an einsum operand (chunked "
+                       "attention works block by block); use Flax's own attention_fn for "
+                       "custom einsums")
+
+
+def _precision_scope(precision):
+  """The matmul precision `precision` asks for, as a context over the whole call."""
+  if precision is None:
+    return contextlib.nullcontext()
+  if isinstance(precision, (tuple, list)) and len(set(precision)) == 1:
+    precision = precision[0]
+  if isinstance(precision, str):
+    return jax.default_matmul_precision(precision)
+  if precision in _PRECISION_NAMES:
+    return jax.default_matmul_precision(_PRECISION_NAMES[precision])
+  raise ValueError(f"precision must be None, a jax.lax.Precision, its name, or a pair of one "
+                   f"of them twice, got {precision!r}")
+
+
+def _merge_batch(x, batch: tuple[int, ...]):
+  """An array ``[batch..., a, b, c]`` (or broadcastable to it) as ``[prod(batch), a, b, c]``."""
+  x = jnp.asarray(x)
+  x = x.reshape((1,) * (len(batch) + 3 - x.ndim) + x.shape)
+  x = jnp.broadcast_to(x, batch + x.shape[len(batch):])
+  return x.reshape((math.prod(batch),) + x.shape[len(batch):])
+
+
+def flax_attention(query, key, value, bias, mask, *, broadcast_dropout: bool, dropout_rng,
+                   dropout_rate, deterministic, precision, is_causal: bool,
+                   implementation, query_chunk_size: int, key_chunk_size: int):
+  """`dot_product_attention` called with Flax's arguments; see the module docstring."""
+  if query.ndim < 3:
+    raise ValueError(f"query must be [batch..., length, heads, depth], got shape {query.shape}")
+  if not query.ndim == key.ndim == value.ndim:
+    raise ValueError(f"query, key and value must have the same rank, got shapes {query.shape}, "
+                     f"{key.shape} and {value.shape}")
+  batch = query.shape[:-3]
+  if not batch == key.shape[:-3] == value.shape[:-3]:
+    raise ValueError(f"query, key and value batch dims must match, got shapes {query.shape}, "
+                     f"{key.shape} and {value.shape}")
+  if mask is not None:
+    mask = jnp.asarray(mask).astype(jnp.bool_)  # Flax masks where the value is zero
+  if len(batch) > 1:
+    query, key, value = (_merge_batch(a, batch) for a in (query, key, value))
+    bias, mask = (None if a is None else _merge_batch(a, batch) for a in (bias, mask))
+  # Flax's broadcast mask is [1, ..., 1, T, S]: one draw for every example and head.
+  heads_and_batch = (0, 1) if batch else (0,)
+  with _precision_scope(precision):
+    out = dot_product_attention(
+        query, key, value, bias, mask, dropout_key=dropout_rng, dropout_rate=dropout_rate,
+        deterministic=deterministic, broadcast_dims=heads_and_batch if broadcast_dropout else (),
+        is_causal=is_causal, implementation=implementation, query_chunk_size=query_chunk_size,
+        key_chunk_size=key_chunk_size)
+  return out.reshape(batch + out.shape[-3:])

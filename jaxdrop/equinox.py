@@ -1,0 +1,162 @@
+"""Equinox modules over jaxdrop: ``eqx.nn.Dropout`` and the family, with ``inference`` switches.
+
+Swap ``eqx.nn.Dropout`` for ``jaxdrop.equinox.Dropout``: the same fields (``p``, the DROP
+probability, and ``inference``), the same call (``key`` and ``inference`` keyword arguments),
+``eqx.nn.inference_mode`` switches it off and on, and it works under ``eqx.filter_jit`` and
+``eqx.filter_vmap``. It subclasses ``eqx.nn.Dropout``. Only the mask changes: jaxdrop's, with
+its key-only backward pass; a ``p`` held as an array is traced by ``filter_jit``, so changing it
+does not retrace.
+
+Equinox layers see one example at a time (``vmap`` over the batch), so the family's defaults
+here are unbatched and channels-first: ``ChannelDropout`` and ``FeatureAlphaDropout`` drop
+whole channels of a ``(C, ...)`` example, ``DropPath`` drops the whole example's branch, and
+``DropBlock`` drops blocks of a ``(C, H, W)`` example.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+
+from . import _validate as check
+from ._block import drop_block
+from ._dropout import dropout
+from ._family import (alpha_dropout, channel_dropout, drop_path, feature_alpha_dropout,
+                      gaussian_dropout)
+
+__all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
+           "DropPath", "DropBlock"]
+
+
+def _draw(module, key, inference):
+  """Equinox's order of decisions: the mode, the rate, then the key (required when dropping).
+
+  Returns None when the input passes through unchanged, else ``(key, rate, deterministic)``.
+  """
+  inference = check.flag(module.inference if inference is None else inference, "inference")
+  rate_value = check.probability(module.p, "p")
+  if inference is True or rate_value == 0.0:
+    return None
+  if key is None:
+    raise RuntimeError(f"{type(module).__name__} requires a key when running in "
+                       "non-deterministic mode: pass key=..., or inference=True (or switch the "
+                       "model with eqx.nn.inference_mode)")
+  return key, module.p, inference
+
+
+class Dropout(eqx.nn.Dropout):
+  """``eqx.nn.Dropout`` with jaxdrop's mask: same fields, same call, same ``inference_mode``.
+
+  ``Dropout(p=0.5, inference=False)``: `p` is the probability of DROPPING each unit.
+  Calling it with ``(x, *, key=None, inference=None)`` returns ``jaxdrop.dropout(key, x, p)``
+  unless `inference` (the call's, else the field's) is True.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.Dropout(0.5)
+    >>> y = layer(jnp.ones(8), key=jax.random.key(0))
+    >>> bool(jnp.all((y == 0) | (y == 2)))
+    True
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones(8)) == 1))
+    True
+  """
+
+  def __call__(self, x, *, key: jax.Array | None = None, inference: bool | None = None,
+               deterministic: bool | None = None) -> jax.Array:
+    if deterministic is not None:
+      inference = deterministic
+      warnings.warn("Dropout()(deterministic=...) is deprecated in favour of "
+                    "Dropout()(inference=...), as in eqx.nn.Dropout", stacklevel=2)
+    drawn = _draw(self, key, inference)
+    if drawn is None:
+      return x
+    key, rate, deterministic = drawn
+    return dropout(key, x, rate, deterministic=deterministic)
+
+
+class _Member(eqx.Module):
+  """What every family module shares with ``eqx.nn.Dropout``: ``p``, ``inference``, the call."""
+
+  p: float = 0.5
+  inference: bool = False
+
+  def __call__(self, x, *, key: jax.Array | None = None,
+               inference: bool | None = None) -> jax.Array:
+    drawn = _draw(self, key, inference)
+    if drawn is None:
+      return x
+    key, rate, deterministic = drawn
+    return self._apply(key, x, rate, deterministic)
+
+  def _apply(self, key, x, rate, deterministic):
+    raise NotImplementedError
+
+
+class ChannelDropout(_Member):
+  """`jaxdrop.channel_dropout` as an Equinox module: drops whole channels of a ``(C, ...)``
+  example (``channel_axis=0``, ``batch_axis=None``)."""
+
+  channel_axis: int = 0
+  batch_axis: int | None = None
+
+  def _apply(self, key, x, rate, deterministic):
+    return channel_dropout(key, x, rate, channel_axis=self.channel_axis,
+                           batch_axis=self.batch_axis, deterministic=deterministic)
+
+
+class AlphaDropout(_Member):
+  """`jaxdrop.alpha_dropout` as an Equinox module: dropout for SELU networks."""
+
+  def _apply(self, key, x, rate, deterministic):
+    return alpha_dropout(key, x, rate, deterministic=deterministic)
+
+
+class FeatureAlphaDropout(_Member):
+  """`jaxdrop.feature_alpha_dropout` as an Equinox module: alpha dropout of whole channels."""
+
+  channel_axis: int = 0
+  batch_axis: int | None = None
+
+  def _apply(self, key, x, rate, deterministic):
+    return feature_alpha_dropout(key, x, rate, channel_axis=self.channel_axis,
+                                 batch_axis=self.batch_axis, deterministic=deterministic)
+
+
+class GaussianDropout(_Member):
+  """`jaxdrop.gaussian_dropout` as an Equinox module: multiplicative Gaussian noise."""
+
+  def _apply(self, key, x, rate, deterministic):
+    return gaussian_dropout(key, x, rate, deterministic=deterministic)
+
+
+class DropPath(_Member):
+  """`jaxdrop.drop_path` as an Equinox module: stochastic depth on a residual branch.
+
+  With ``batch_axis=None`` (the default) one draw keeps or drops the whole example, the
+  per-example decision once ``vmap`` gives each example its key; an integer axis draws one
+  decision per entry of that axis instead.
+  """
+
+  batch_axis: int | None = None
+
+  def _apply(self, key, x, rate, deterministic):
+    mode = "batch" if self.batch_axis is None else "row"
+    batch_axis = 0 if self.batch_axis is None else self.batch_axis
+    return drop_path(key, x, rate, batch_axis=batch_axis, mode=mode, deterministic=deterministic)
+
+
+class DropBlock(_Member):
+  """`jaxdrop.drop_block` as an Equinox module: drops square blocks of a ``(C, H, W)`` example.
+
+  ``DropBlock(p, inference=False, block_size=7, spatial_axes=(1, 2))``.
+  """
+
+  block_size: int = 7
+  spatial_axes: Sequence[int] = (1, 2)
+
+  def _apply(self, key, x, rate, deterministic):
+    return drop_block(key, x, rate, self.block_size, spatial_axes=tuple(self.spatial_axes),
+                      deterministic=deterministic)

@@ -1,0 +1,203 @@
+"""Flax Linen modules over jaxdrop: ``nn.Dropout`` and the family, with Linen's conventions.
+
+Swap ``nn.Dropout`` for ``jaxdrop.linen.Dropout``: the same attributes (``rate``,
+``broadcast_dims``, ``deterministic``, ``rng_collection``), the same call (``deterministic``
+merged with the attribute as ``nn.merge_param`` merges it, an optional ``rng``), keys from
+``self.make_rng(rng_collection)``, so ``apply(..., rngs={"dropout": key})`` drives it as it drove
+Flax's. It subclasses ``nn.Dropout``. Only the mask changes: jaxdrop's, with its key-only
+backward pass; a traced rate works too.
+
+The family follows the same conventions, and `attention_fn` has the signature of
+``nn.dot_product_attention`` for ``nn.MultiHeadDotProductAttention(attention_fn=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen import dtypes as _flax_dtypes
+from flax.linen.attention import dot_product_attention_weights as _flax_weights
+
+from . import _validate as check
+from ._block import drop_block
+from ._dropout import dropout
+from ._family import (alpha_dropout, channel_dropout, drop_path, feature_alpha_dropout,
+                      gaussian_dropout)
+from ._flax_attention import flax_attention, no_custom_einsums
+
+__all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
+           "DropPath", "DropBlock", "attention_fn"]
+
+
+def _draw(module, deterministic, rng):
+  """Linen's order of decisions: the merged mode, the rate, then (only when dropping) the key.
+
+  Returns None when the input passes through unchanged, else ``(key, rate, deterministic)``.
+  """
+  deterministic = check.flag(nn.merge_param("deterministic", module.deterministic, deterministic),
+                             "deterministic")
+  rate = module.rate
+  rate_value = check.probability(rate, "rate")
+  if deterministic is True or rate_value == 0.0:
+    return None
+  if rng is None:
+    rng = module.make_rng(module.rng_collection)
+  return rng, rate, deterministic
+
+
+class Dropout(nn.Dropout):
+  """``nn.Dropout`` with jaxdrop's mask: same attributes, same call, same ``make_rng`` keys.
+
+  Attributes:
+    rate: the probability of DROPPING each unit, in [0, 1] (may be traced).
+    broadcast_dims: axes that share one mask value.
+    deterministic: True for no dropout; or None to pass it at call time.
+    rng_collection: the collection keys are made from (default ``"dropout"``).
+
+  Calling it with ``(inputs, deterministic=None, rng=None)`` returns
+  ``jaxdrop.dropout(rng or self.make_rng(rng_collection), inputs, rate,
+  broadcast_dims=broadcast_dims)``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.Dropout(0.5)
+    >>> y = layer.apply({}, jnp.ones((2, 8)), deterministic=False,
+    ...                 rngs={"dropout": jax.random.key(0)})
+    >>> bool(jnp.all((y == 0) | (y == 2)))
+    True
+  """
+
+  def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
+    drawn = _draw(self, deterministic, rng)
+    if drawn is None:
+      return inputs
+    rng, rate, deterministic = drawn
+    return dropout(rng, inputs, rate, deterministic=deterministic,
+                   broadcast_dims=self.broadcast_dims)
+
+
+class _Member(nn.Module):
+  """What every family module shares with ``nn.Dropout``: rate, mode and collection."""
+
+  rate: float
+  deterministic: bool | None = None
+  rng_collection: str = "dropout"
+
+  def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
+    drawn = _draw(self, deterministic, rng)
+    if drawn is None:
+      return inputs
+    rng, rate, deterministic = drawn
+    return self._apply(rng, inputs, rate, deterministic)
+
+  def _apply(self, key, inputs, rate, deterministic):
+    raise NotImplementedError
+
+
+class ChannelDropout(_Member):
+  """`jaxdrop.channel_dropout` as a Linen module: drops whole channels, one draw per example."""
+
+  channel_axis: int = -1
+  batch_axis: int | None = 0
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return channel_dropout(key, inputs, rate, channel_axis=self.channel_axis,
+                           batch_axis=self.batch_axis, deterministic=deterministic)
+
+
+class AlphaDropout(_Member):
+  """`jaxdrop.alpha_dropout` as a Linen module: dropout for SELU networks."""
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return alpha_dropout(key, inputs, rate, deterministic=deterministic)
+
+
+class FeatureAlphaDropout(_Member):
+  """`jaxdrop.feature_alpha_dropout` as a Linen module: alpha dropout of whole channels."""
+
+  channel_axis: int = -1
+  batch_axis: int | None = 0
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return feature_alpha_dropout(key, inputs, rate, channel_axis=self.channel_axis,
+                                 batch_axis=self.batch_axis, deterministic=deterministic)
+
+
+class GaussianDropout(_Member):
+  """`jaxdrop.gaussian_dropout` as a Linen module: multiplicative Gaussian noise."""
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return gaussian_dropout(key, inputs, rate, deterministic=deterministic)
+
+
+class DropPath(_Member):
+  """`jaxdrop.drop_path` as a Linen module: stochastic depth on a residual branch."""
+
+  batch_axis: int = 0
+  mode: Literal["row", "batch"] = "row"
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return drop_path(key, inputs, rate, batch_axis=self.batch_axis, mode=self.mode,
+                     deterministic=deterministic)
+
+
+class DropBlock(_Member):
+  """`jaxdrop.drop_block` as a Linen module: drops square blocks of NHWC feature maps.
+
+  ``DropBlock(rate, block_size=7)``; `spatial_axes` as for `jaxdrop.drop_block`.
+  """
+
+  block_size: int = 7
+  spatial_axes: Sequence[int] = (1, 2)
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return drop_block(key, inputs, rate, self.block_size, spatial_axes=self.spatial_axes,
+                      deterministic=deterministic)
+
+
+def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
+                 dropout_rng=None, dropout_rate=0.0, deterministic: bool = False, dtype=None,
+                 precision=None, module: nn.Module | None = None,
+                 force_fp32_for_softmax: bool = False, einsum_dot_general=None,
+                 qk_attn_weights_einsum=None, attn_weights_value_einsum=None, *,
+                 is_causal: bool = False, implementation: Literal["xla", "chunked"] | None = None,
+                 query_chunk_size: int = 512, key_chunk_size: int = 512) -> jax.Array:
+  """``nn.dot_product_attention``'s signature over `jaxdrop.dot_product_attention`.
+
+  Pass it as ``nn.MultiHeadDotProductAttention(..., attention_fn=jaxdrop.linen.attention_fn)``.
+  As `jaxdrop.nnx.attention_fn`: jaxdrop's mask on the attention weights (shared by every
+  example and head when `broadcast_dropout`), the chunked implementation above 2**24 weights,
+  ``[batch..., length, heads, depth]`` arrays. The softmax is always computed in float32, so
+  `force_fp32_for_softmax` changes only the dtype of weights sown with `module`
+  (``sow_weights=True``, which builds them once more, before dropout, as Flax sows them).
+  The custom einsum hooks cannot apply (the weights are never an einsum operand) and raise.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxdrop.linen
+    >>> layer = nn.MultiHeadDotProductAttention(num_heads=2, dropout_rate=0.1,
+    ...                                         attention_fn=jaxdrop.linen.attention_fn)
+    >>> x = jnp.ones((1, 5, 8))
+    >>> params = layer.init(jax.random.key(0), x, deterministic=True)
+    >>> layer.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)}).shape
+    (1, 5, 8)
+  """
+  no_custom_einsums(einsum_dot_general=einsum_dot_general,
+                    qk_attn_weights_einsum=qk_attn_weights_einsum,
+                    attn_weights_value_einsum=attn_weights_value_einsum)
+  query, key, value = _flax_dtypes.promote_dtype(query, key, value, dtype=dtype)
+  if module is not None:
+    sown_mask = mask
+    if is_causal:  # Linen's weights function has no is_causal: the same as a mask
+      causal = jnp.tril(jnp.ones((query.shape[-3], key.shape[-3]), jnp.bool_))
+      sown_mask = causal if mask is None else jnp.logical_and(mask, causal)
+    _flax_weights(query, key, bias, sown_mask, dtype=dtype, precision=precision, module=module,
+                  force_fp32_for_softmax=force_fp32_for_softmax)
+  return flax_attention(query, key, value, bias, mask, broadcast_dropout=broadcast_dropout,
+                        dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+                        deterministic=deterministic, precision=precision, is_causal=is_causal,
+                        implementation=implementation, query_chunk_size=query_chunk_size,
+                        key_chunk_size=key_chunk_size)

@@ -1,0 +1,277 @@
+"""Flax NNX modules over jaxdrop: ``nnx.Dropout`` and the family, with NNX's mode switches.
+
+Swap ``nnx.Dropout`` for ``jaxdrop.nnx.Dropout`` and nothing else changes: the constructor and
+the call take the same arguments, keys come from the same ``nnx.Rngs`` streams (forked at
+construction, or given at call time), ``model.eval()`` / ``model.train()``,
+``set_attributes`` and ``nnx.view(model, deterministic=...)`` switch it as they switch Flax's
+(it is an ``nnx.Dropout`` subclass, so filters naming ``nnx.Dropout`` select it too), and it
+works under ``nnx.jit``, ``nnx.vmap`` and ``nnx.scan`` with ``nnx.split_rngs``. Only the mask
+changes: jaxdrop's, with its key-only backward pass. A ``rate`` held as an array or
+``nnx.Variable`` is state, so changing it does not retrace a jitted step.
+
+The family follows the same conventions (``ChannelDropout``, ``AlphaDropout``,
+``FeatureAlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock``), and `attention_fn`
+has the signature of ``nnx.dot_product_attention``, for
+``nnx.MultiHeadAttention(..., attention_fn=jaxdrop.nnx.attention_fn)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+from flax import nnx
+from flax.nnx.nn import dtypes as _flax_dtypes
+from flax.nnx.nn.attention import dot_product_attention_weights as _flax_weights
+
+from . import _validate as check
+from ._block import drop_block
+from ._dropout import dropout
+from ._family import (alpha_dropout, channel_dropout, drop_path, feature_alpha_dropout,
+                      gaussian_dropout)
+from ._flax_attention import flax_attention
+
+__all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
+           "DropPath", "DropBlock", "attention_fn"]
+
+Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
+
+
+def _rate(rate):
+  """The rate's value (read from an ``nnx.Variable`` if it is one), checked where concrete."""
+  value = rate[...] if isinstance(rate, nnx.Variable) else rate
+  check.probability(value, "rate")
+  return value
+
+
+def _own_stream(rngs, collection: str):
+  """The stream a member keeps from its constructor's `rngs`: a fork, as Flax's layers keep."""
+  if isinstance(rngs, nnx.Rngs):
+    return rngs[collection].fork()
+  if isinstance(rngs, nnx.RngStream):
+    return rngs.fork()
+  if rngs is None:
+    return nnx.data(None)
+  raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or None, got {type(rngs).__name__}")
+
+
+def _draw(module, deterministic, rngs):
+  """Flax's order of decisions: the mode, then the rate, then (only when dropping) the key.
+
+  Returns None when the input passes through unchanged, else ``(key, rate, deterministic)``;
+  `deterministic` may then still be a traced boolean, which jaxdrop accepts.
+  """
+  name = type(module).__name__
+  if deterministic is None:
+    deterministic = module.deterministic
+  if deterministic is None:
+    raise ValueError(f"No `deterministic` argument was provided to {name}: pass deterministic= "
+                     "to its constructor or call, or switch the model with model.train() / "
+                     "model.eval() or nnx.view(model, deterministic=...)")
+  deterministic = check.flag(deterministic, "deterministic")
+  rate = _rate(module.rate)
+  if deterministic is True or (not check.is_traced(rate) and float(rate) == 0.0):
+    return None
+  rngs = module.rngs if rngs is None else rngs
+  if rngs is None:
+    raise ValueError(f"`deterministic` is False, but no `rngs` argument was provided to {name} "
+                     "as either a __call__ argument or class attribute: construct it with "
+                     "rngs=nnx.Rngs(...) or call it with rngs=")
+  if isinstance(rngs, nnx.Rngs):
+    key = rngs[module.rng_collection]()
+  elif isinstance(rngs, nnx.RngStream):
+    key = rngs()
+  elif isinstance(rngs, jax.Array):
+    key = rngs
+  else:
+    raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or a key, got "
+                    f"{type(rngs).__name__}")
+  return key, rate, deterministic
+
+
+class Dropout(nnx.Dropout):
+  """``nnx.Dropout`` with jaxdrop's mask: same arguments, same mode switches, same streams.
+
+  Args:
+    rate: the probability of DROPPING each unit, in [0, 1]; a float, or an array or
+      ``nnx.Variable`` to change it without retracing.
+    broadcast_dims: axes that share one mask value.
+    deterministic: True for no dropout; ``model.eval()`` / ``model.train()`` set it.
+    rng_collection: the ``nnx.Rngs`` stream keys are drawn from (default ``"dropout"``).
+    rngs: an ``nnx.Rngs`` or ``nnx.RngStream`` to fork a stream from, or None to pass
+      `rngs` at each call.
+
+  Calling it with ``(inputs, *, deterministic=None, rngs=None)`` returns
+  ``jaxdrop.dropout(key, inputs, rate, broadcast_dims=broadcast_dims)`` with the next key of
+  the stream; call-time `deterministic` and `rngs` (an ``nnx.Rngs``, an ``nnx.RngStream`` or
+  a key) take precedence over the constructor's.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+    >>> y = layer(jnp.ones((2, 8)))
+    >>> bool(jnp.all((y == 0) | (y == 2)))
+    True
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((2, 8))) == 1))
+    True
+  """
+
+  def __init__(self, rate: float, *, broadcast_dims: Sequence[int] = (),
+               deterministic: bool | None = False, rng_collection: str = "dropout",
+               rngs: nnx.Rngs | nnx.RngStream | None = None):
+    _rate(rate)
+    super().__init__(rate, broadcast_dims=broadcast_dims, deterministic=deterministic,
+                     rng_collection=rng_collection, rngs=rngs)
+
+  def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
+    drawn = _draw(self, deterministic, rngs)
+    if drawn is None:
+      return inputs
+    key, rate, deterministic = drawn
+    return dropout(key, inputs, rate, deterministic=deterministic,
+                   broadcast_dims=self.broadcast_dims)
+
+
+class _Member(nnx.Module):
+  """What every family module shares with ``nnx.Dropout``: rate, mode, stream and collection."""
+
+  def __init__(self, rate, *, deterministic, rng_collection, rngs):
+    _rate(rate)
+    self.rate = rate
+    self.deterministic = deterministic
+    self.rng_collection = rng_collection
+    self.rngs = _own_stream(rngs, rng_collection)
+
+  def set_view(self, deterministic: bool | None = None):
+    """Called by ``nnx.view``: True turns the member off, False on."""
+    if deterministic is not None:
+      self.deterministic = deterministic
+
+  def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
+    drawn = _draw(self, deterministic, rngs)
+    if drawn is None:
+      return inputs
+    key, rate, deterministic = drawn
+    return self._apply(key, inputs, rate, deterministic)
+
+  def _apply(self, key, inputs, rate, deterministic):
+    raise NotImplementedError
+
+
+class ChannelDropout(_Member):
+  """`jaxdrop.channel_dropout` as an NNX module: drops whole channels, one draw per example."""
+
+  def __init__(self, rate: float, *, channel_axis: int = -1, batch_axis: int | None = 0,
+               deterministic: bool | None = False, rng_collection: str = "dropout",
+               rngs: nnx.Rngs | nnx.RngStream | None = None):
+    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+    self.channel_axis, self.batch_axis = channel_axis, batch_axis
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return channel_dropout(key, inputs, rate, channel_axis=self.channel_axis,
+                           batch_axis=self.batch_axis, deterministic=deterministic)
+
+
+class AlphaDropout(_Member):
+  """`jaxdrop.alpha_dropout` as an NNX module: dropout for SELU networks."""
+
+  def __init__(self, rate: float, *, deterministic: bool | None = False,
+               rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
+    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return alpha_dropout(key, inputs, rate, deterministic=deterministic)
+
+
+class FeatureAlphaDropout(_Member):
+  """`jaxdrop.feature_alpha_dropout` as an NNX module: alpha dropout of whole channels."""
+
+  def __init__(self, rate: float, *, channel_axis: int = -1, batch_axis: int | None = 0,
+               deterministic: bool | None = False, rng_collection: str = "dropout",
+               rngs: nnx.Rngs | nnx.RngStream | None = None):
+    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+    self.channel_axis, self.batch_axis = channel_axis, batch_axis
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return feature_alpha_dropout(key, inputs, rate, channel_axis=self.channel_axis,
+                                 batch_axis=self.batch_axis, deterministic=deterministic)
+
+
+class GaussianDropout(_Member):
+  """`jaxdrop.gaussian_dropout` as an NNX module: multiplicative Gaussian noise."""
+
+  def __init__(self, rate: float, *, deterministic: bool | None = False,
+               rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
+    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return gaussian_dropout(key, inputs, rate, deterministic=deterministic)
+
+
+class DropPath(_Member):
+  """`jaxdrop.drop_path` as an NNX module: stochastic depth on a residual branch."""
+
+  def __init__(self, rate: float, *, batch_axis: int = 0, mode: Literal["row", "batch"] = "row",
+               deterministic: bool | None = False, rng_collection: str = "dropout",
+               rngs: nnx.Rngs | nnx.RngStream | None = None):
+    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+    self.batch_axis, self.mode = batch_axis, mode
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return drop_path(key, inputs, rate, batch_axis=self.batch_axis, mode=self.mode,
+                     deterministic=deterministic)
+
+
+class DropBlock(_Member):
+  """`jaxdrop.drop_block` as an NNX module: drops square blocks of NHWC feature maps."""
+
+  def __init__(self, rate: float, block_size: int, *, spatial_axes: Sequence[int] = (1, 2),
+               deterministic: bool | None = False, rng_collection: str = "dropout",
+               rngs: nnx.Rngs | nnx.RngStream | None = None):
+    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+    self.block_size, self.spatial_axes = block_size, tuple(spatial_axes)
+
+  def _apply(self, key, inputs, rate, deterministic):
+    return drop_block(key, inputs, rate, self.block_size, spatial_axes=self.spatial_axes,
+                      deterministic=deterministic)
+
+
+def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
+                 dropout_rng=None, dropout_rate=0.0, deterministic: bool = False, dtype=None,
+                 precision=None, module: nnx.Module | None = None,
+                 promote_dtype=_flax_dtypes.promote_dtype, is_causal: bool = False, *,
+                 implementation: Literal["xla", "chunked"] | None = None,
+                 query_chunk_size: int = 512, key_chunk_size: int = 512) -> jax.Array:
+  """``nnx.dot_product_attention``'s signature over `jaxdrop.dot_product_attention`.
+
+  Pass it as ``nnx.MultiHeadAttention(..., attention_fn=jaxdrop.nnx.attention_fn)``: the
+  attention weights are dropped with jaxdrop's mask (shared by every example and head when
+  `broadcast_dropout`, as in Flax), and the chunked implementation, chosen by default above
+  2**24 weights, never builds the T x S matrix. Arrays are ``[batch..., length, heads, depth]``
+  with any number of batch axes. With `module` (``sow_weights=True``) the pre-dropout weights
+  are sown into ``nnx.Intermediate`` as Flax sows them, which builds them once more.
+  `implementation` and the chunk sizes go to `jaxdrop.dot_product_attention`
+  (``functools.partial`` sets them).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = nnx.MultiHeadAttention(num_heads=2, in_features=8, dropout_rate=0.1,
+    ...                                attention_fn=jaxdrop.nnx.attention_fn,
+    ...                                decode=False, rngs=nnx.Rngs(0))
+    >>> layer.train()                       # or deterministic=False
+    >>> layer(jnp.ones((1, 5, 8))).shape
+    (1, 5, 8)
+  """
+  query, key, value = promote_dtype((query, key, value), dtype=dtype)
+  if module is not None:
+    _flax_weights(query, key, bias, mask, dtype=dtype, precision=precision, module=module,
+                  promote_dtype=promote_dtype, is_causal=is_causal)
+  return flax_attention(query, key, value, bias, mask, broadcast_dropout=broadcast_dropout,
+                        dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+                        deterministic=deterministic, precision=precision, is_causal=is_causal,
+                        implementation=implementation, query_chunk_size=query_chunk_size,
+                        key_chunk_size=key_chunk_size)
