@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import jaxdrop
 
 
@@ -14,3 +17,30 @@ def test_public_surface():
 def test_version_is_a_release_string():
   major, minor, patch = jaxdrop.__version__.split(".")
   assert all(part.isdigit() for part in (major, minor, patch))
+
+
+ADAPTERS = {
+    "nnx": ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
+            "DropPath", "DropBlock", "attention_fn"],
+    "linen": ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout",
+              "GaussianDropout", "DropPath", "DropBlock", "attention_fn"],
+    "equinox": ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout",
+                "GaussianDropout", "DropPath", "DropBlock"],
+    "haiku": ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
+              "gaussian_dropout", "drop_path", "drop_block"],
+}
+
+
+def test_framework_adapters_surface():
+  for adapter, names in ADAPTERS.items():
+    module = getattr(jaxdrop, adapter)               # imported on first use
+    assert sorted(module.__all__) == sorted(names), adapter
+    for name in names:
+      assert getattr(module, name).__doc__, f"jaxdrop.{adapter}.{name} has no docstring"
+
+
+def test_import_jaxdrop_imports_no_framework():
+  code = ("import sys, jaxdrop; "
+          "print(sorted(m for m in ('flax', 'equinox', 'haiku') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"

@@ -201,6 +201,20 @@ def test_scan_over_layers_draws_a_mask_per_layer():
   np.testing.assert_array_equal(off, 1.0)
 
 
+def test_split_rngs_and_vmap_give_each_example_its_mask():
+  layer = jdnnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+  state_axes = nnx.StateAxes({nnx.RngState: 0, ...: None})
+
+  @nnx.split_rngs(splits=4)
+  @nnx.vmap(in_axes=(state_axes, 0))
+  def f(layer, x):
+    return layer(x)
+
+  ys = np.asarray(f(layer, jnp.ones((4, 64))))
+  assert len({row.tobytes() for row in ys}) == 4              # four examples, four masks
+  assert set(np.unique(ys)) == {0.0, 2.0}
+
+
 # --- the functional call's mask, and the family --------------------------------------------------
 
 FAMILY = [

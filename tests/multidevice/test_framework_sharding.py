@@ -1,0 +1,61 @@
+"""The NNX drop-ins on explicitly sharded arrays.
+
+Ported (rewritten, run against ``jaxdrop.nnx.Dropout``) from Flax's
+google/flax tests/nnx/spmd_test.py::test_out_sharding_dropout: on a mesh with explicit axes
+the output keeps the input's sharding, eagerly and under jit; plus the mask is the one the
+unsharded call draws, for the family and for attention_fn on a batch-sharded input.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+import jaxdrop
+import jaxdrop.nnx as jdnnx
+
+MEMBERS = [
+    (functools.partial(jdnnx.Dropout, broadcast_dims=()), jaxdrop.dropout),
+    (functools.partial(jdnnx.Dropout, broadcast_dims=(1,)),
+     functools.partial(jaxdrop.dropout, broadcast_dims=(1,))),
+    (jdnnx.ChannelDropout, jaxdrop.channel_dropout),
+    (jdnnx.AlphaDropout, jaxdrop.alpha_dropout),
+    (jdnnx.GaussianDropout, jaxdrop.gaussian_dropout),
+    (jdnnx.DropPath, jaxdrop.drop_path),
+]
+
+
+@pytest.fixture
+def mesh():
+  mesh = jax.make_mesh((2, 2), ("X", "Y"), axis_types=(AxisType.Explicit, AxisType.Explicit))
+  with jax.set_mesh(mesh):
+    yield mesh
+
+
+@pytest.mark.parametrize("module, functional", MEMBERS)
+def test_output_keeps_the_sharding_and_the_unsharded_mask(mesh, module, functional):
+  x = jnp.arange(1, 33, dtype=jnp.float32).reshape(4, 8)
+  sharded = jax.sharding.reshard(x, P("X", None))
+  layer = module(0.5, deterministic=False, rngs=nnx.Rngs(0))
+  key = nnx.clone(layer).rngs()
+  y = layer(sharded)
+  assert "float32[4@X,8]" in str(jax.typeof(y))
+  np.testing.assert_array_equal(y, functional(key, x, 0.5))
+  jitted = jax.jit(lambda x, rngs: layer(x, rngs=rngs))(sharded, nnx.Rngs(0))
+  assert "float32[4@X,8]" in str(jax.typeof(jitted))
+
+
+def test_attention_fn_on_a_batch_sharded_input(mesh):
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 4, 6, 2, 8))
+  key = jax.random.key(1)
+  expected = jdnnx.attention_fn(q, k, v, dropout_rng=key, dropout_rate=0.3)
+  shard = lambda a: jax.sharding.reshard(a, P("X", None, "Y", None))
+  out = jax.jit(lambda q, k, v: jdnnx.attention_fn(q, k, v, dropout_rng=key, dropout_rate=0.3))(
+      shard(q), shard(k), shard(v))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  assert np.any(np.asarray(expected) != np.asarray(jdnnx.attention_fn(q, k, v)))
