@@ -78,10 +78,17 @@ class Dropout(eqx.nn.Dropout):
 
 
 class _Member(eqx.Module):
-  """What every family module shares with ``eqx.nn.Dropout``: ``p``, ``inference``, the call."""
+  """What every family module shares with ``eqx.nn.Dropout``: ``p``, ``inference``, the call.
+
+  A member names its functional (`_function`) and the fields passed to it as keywords
+  (`_options`).
+  """
 
   p: float = 0.5
   inference: bool = False
+
+  _function = None
+  _options = ()
 
   def __call__(self, x, *, key: jax.Array | None = None,
                inference: bool | None = None) -> jax.Array:
@@ -92,44 +99,41 @@ class _Member(eqx.Module):
     return self._apply(key, x, rate, deterministic)
 
   def _apply(self, key, x, rate, deterministic):
-    raise NotImplementedError
+    options = {name: getattr(self, name) for name in self._options}
+    return self._function(key, x, rate, deterministic=deterministic, **options)
 
 
-class ChannelDropout(_Member):
-  """`jaxdrop.channel_dropout` as an Equinox module: drops whole channels of a ``(C, ...)``
-  example (``channel_axis=0``, ``batch_axis=None``)."""
+class _PerChannel(_Member):
+  """A member with one decision per channel of an unbatched ``(C, ...)`` example by default."""
 
   channel_axis: int = 0
   batch_axis: int | None = None
+  _options = ("channel_axis", "batch_axis")
 
-  def _apply(self, key, x, rate, deterministic):
-    return channel_dropout(key, x, rate, channel_axis=self.channel_axis,
-                           batch_axis=self.batch_axis, deterministic=deterministic)
+
+class ChannelDropout(_PerChannel):
+  """`jaxdrop.channel_dropout` as an Equinox module: drops whole channels of a ``(C, ...)``
+  example (``channel_axis=0``, ``batch_axis=None``)."""
+
+  _function = staticmethod(channel_dropout)
+
+
+class FeatureAlphaDropout(_PerChannel):
+  """`jaxdrop.feature_alpha_dropout` as an Equinox module: alpha dropout of whole channels."""
+
+  _function = staticmethod(feature_alpha_dropout)
 
 
 class AlphaDropout(_Member):
   """`jaxdrop.alpha_dropout` as an Equinox module: dropout for SELU networks."""
 
-  def _apply(self, key, x, rate, deterministic):
-    return alpha_dropout(key, x, rate, deterministic=deterministic)
-
-
-class FeatureAlphaDropout(_Member):
-  """`jaxdrop.feature_alpha_dropout` as an Equinox module: alpha dropout of whole channels."""
-
-  channel_axis: int = 0
-  batch_axis: int | None = None
-
-  def _apply(self, key, x, rate, deterministic):
-    return feature_alpha_dropout(key, x, rate, channel_axis=self.channel_axis,
-                                 batch_axis=self.batch_axis, deterministic=deterministic)
+  _function = staticmethod(alpha_dropout)
 
 
 class GaussianDropout(_Member):
   """`jaxdrop.gaussian_dropout` as an Equinox module: multiplicative Gaussian noise."""
 
-  def _apply(self, key, x, rate, deterministic):
-    return gaussian_dropout(key, x, rate, deterministic=deterministic)
+  _function = staticmethod(gaussian_dropout)
 
 
 class DropPath(_Member):
@@ -156,7 +160,5 @@ class DropBlock(_Member):
 
   block_size: int = 7
   spatial_axes: Sequence[int] = (1, 2)
-
-  def _apply(self, key, x, rate, deterministic):
-    return drop_block(key, x, rate, self.block_size, spatial_axes=tuple(self.spatial_axes),
-                      deterministic=deterministic)
+  _function = staticmethod(drop_block)
+  _options = ("block_size", "spatial_axes")

@@ -81,57 +81,58 @@ class Dropout(nn.Dropout):
 
 
 class _Member(nn.Module):
-  """What every family module shares with ``nn.Dropout``: rate, mode and collection."""
+  """What every family module shares with ``nn.Dropout``: rate, mode and collection.
+
+  A member names its functional (`_function`) and the attributes passed to it as keywords
+  (`_options`).
+  """
 
   rate: float
   deterministic: bool | None = None
   rng_collection: str = "dropout"
+
+  _function = None
+  _options = ()
 
   def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
     drawn = _draw(self, deterministic, rng)
     if drawn is None:
       return inputs
     rng, rate, deterministic = drawn
-    return self._apply(rng, inputs, rate, deterministic)
-
-  def _apply(self, key, inputs, rate, deterministic):
-    raise NotImplementedError
+    options = {name: getattr(self, name) for name in self._options}
+    return self._function(rng, inputs, rate, deterministic=deterministic, **options)
 
 
-class ChannelDropout(_Member):
-  """`jaxdrop.channel_dropout` as a Linen module: drops whole channels, one draw per example."""
+class _PerChannel(_Member):
+  """A member with one decision per (example, channel)."""
 
   channel_axis: int = -1
   batch_axis: int | None = 0
+  _options = ("channel_axis", "batch_axis")
 
-  def _apply(self, key, inputs, rate, deterministic):
-    return channel_dropout(key, inputs, rate, channel_axis=self.channel_axis,
-                           batch_axis=self.batch_axis, deterministic=deterministic)
+
+class ChannelDropout(_PerChannel):
+  """`jaxdrop.channel_dropout` as a Linen module: drops whole channels, one draw per example."""
+
+  _function = staticmethod(channel_dropout)
+
+
+class FeatureAlphaDropout(_PerChannel):
+  """`jaxdrop.feature_alpha_dropout` as a Linen module: alpha dropout of whole channels."""
+
+  _function = staticmethod(feature_alpha_dropout)
 
 
 class AlphaDropout(_Member):
   """`jaxdrop.alpha_dropout` as a Linen module: dropout for SELU networks."""
 
-  def _apply(self, key, inputs, rate, deterministic):
-    return alpha_dropout(key, inputs, rate, deterministic=deterministic)
-
-
-class FeatureAlphaDropout(_Member):
-  """`jaxdrop.feature_alpha_dropout` as a Linen module: alpha dropout of whole channels."""
-
-  channel_axis: int = -1
-  batch_axis: int | None = 0
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return feature_alpha_dropout(key, inputs, rate, channel_axis=self.channel_axis,
-                                 batch_axis=self.batch_axis, deterministic=deterministic)
+  _function = staticmethod(alpha_dropout)
 
 
 class GaussianDropout(_Member):
   """`jaxdrop.gaussian_dropout` as a Linen module: multiplicative Gaussian noise."""
 
-  def _apply(self, key, inputs, rate, deterministic):
-    return gaussian_dropout(key, inputs, rate, deterministic=deterministic)
+  _function = staticmethod(gaussian_dropout)
 
 
 class DropPath(_Member):
@@ -139,10 +140,8 @@ class DropPath(_Member):
 
   batch_axis: int = 0
   mode: Literal["row", "batch"] = "row"
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return drop_path(key, inputs, rate, batch_axis=self.batch_axis, mode=self.mode,
-                     deterministic=deterministic)
+  _function = staticmethod(drop_path)
+  _options = ("batch_axis", "mode")
 
 
 class DropBlock(_Member):
@@ -153,10 +152,8 @@ class DropBlock(_Member):
 
   block_size: int = 7
   spatial_axes: Sequence[int] = (1, 2)
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return drop_block(key, inputs, rate, self.block_size, spatial_axes=self.spatial_axes,
-                      deterministic=deterministic)
+  _function = staticmethod(drop_block)
+  _options = ("block_size", "spatial_axes")
 
 
 def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,

@@ -136,9 +136,17 @@ class Dropout(nnx.Dropout):
 
 
 class _Member(nnx.Module):
-  """What every family module shares with ``nnx.Dropout``: rate, mode, stream and collection."""
+  """What every family module shares with ``nnx.Dropout``: rate, mode, stream and collection.
 
-  def __init__(self, rate, *, deterministic, rng_collection, rngs):
+  A member names its functional (`_function`) and the attributes passed to it as keywords
+  (`_options`).
+  """
+
+  _function = None
+  _options: tuple[str, ...] = ()
+
+  def __init__(self, rate: float, *, deterministic: bool | None = False,
+               rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
     _rate(rate)
     self.rate = rate
     self.deterministic = deterministic
@@ -155,14 +163,14 @@ class _Member(nnx.Module):
     if drawn is None:
       return inputs
     key, rate, deterministic = drawn
-    return self._apply(key, inputs, rate, deterministic)
-
-  def _apply(self, key, inputs, rate, deterministic):
-    raise NotImplementedError
+    options = {name: getattr(self, name) for name in self._options}
+    return self._function(key, inputs, rate, deterministic=deterministic, **options)
 
 
-class ChannelDropout(_Member):
-  """`jaxdrop.channel_dropout` as an NNX module: drops whole channels, one draw per example."""
+class _PerChannel(_Member):
+  """A member with one decision per (example, channel)."""
+
+  _options = ("channel_axis", "batch_axis")
 
   def __init__(self, rate: float, *, channel_axis: int = -1, batch_axis: int | None = 0,
                deterministic: bool | None = False, rng_collection: str = "dropout",
@@ -170,49 +178,36 @@ class ChannelDropout(_Member):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.channel_axis, self.batch_axis = channel_axis, batch_axis
 
-  def _apply(self, key, inputs, rate, deterministic):
-    return channel_dropout(key, inputs, rate, channel_axis=self.channel_axis,
-                           batch_axis=self.batch_axis, deterministic=deterministic)
+
+class ChannelDropout(_PerChannel):
+  """`jaxdrop.channel_dropout` as an NNX module: drops whole channels, one draw per example."""
+
+  _function = staticmethod(channel_dropout)
+
+
+class FeatureAlphaDropout(_PerChannel):
+  """`jaxdrop.feature_alpha_dropout` as an NNX module: alpha dropout of whole channels."""
+
+  _function = staticmethod(feature_alpha_dropout)
 
 
 class AlphaDropout(_Member):
   """`jaxdrop.alpha_dropout` as an NNX module: dropout for SELU networks."""
 
-  def __init__(self, rate: float, *, deterministic: bool | None = False,
-               rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
-    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return alpha_dropout(key, inputs, rate, deterministic=deterministic)
-
-
-class FeatureAlphaDropout(_Member):
-  """`jaxdrop.feature_alpha_dropout` as an NNX module: alpha dropout of whole channels."""
-
-  def __init__(self, rate: float, *, channel_axis: int = -1, batch_axis: int | None = 0,
-               deterministic: bool | None = False, rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
-    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
-    self.channel_axis, self.batch_axis = channel_axis, batch_axis
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return feature_alpha_dropout(key, inputs, rate, channel_axis=self.channel_axis,
-                                 batch_axis=self.batch_axis, deterministic=deterministic)
+  _function = staticmethod(alpha_dropout)
 
 
 class GaussianDropout(_Member):
   """`jaxdrop.gaussian_dropout` as an NNX module: multiplicative Gaussian noise."""
 
-  def __init__(self, rate: float, *, deterministic: bool | None = False,
-               rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
-    super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return gaussian_dropout(key, inputs, rate, deterministic=deterministic)
+  _function = staticmethod(gaussian_dropout)
 
 
 class DropPath(_Member):
   """`jaxdrop.drop_path` as an NNX module: stochastic depth on a residual branch."""
+
+  _function = staticmethod(drop_path)
+  _options = ("batch_axis", "mode")
 
   def __init__(self, rate: float, *, batch_axis: int = 0, mode: Literal["row", "batch"] = "row",
                deterministic: bool | None = False, rng_collection: str = "dropout",
@@ -220,23 +215,18 @@ class DropPath(_Member):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.batch_axis, self.mode = batch_axis, mode
 
-  def _apply(self, key, inputs, rate, deterministic):
-    return drop_path(key, inputs, rate, batch_axis=self.batch_axis, mode=self.mode,
-                     deterministic=deterministic)
-
 
 class DropBlock(_Member):
   """`jaxdrop.drop_block` as an NNX module: drops square blocks of NHWC feature maps."""
+
+  _function = staticmethod(drop_block)
+  _options = ("block_size", "spatial_axes")
 
   def __init__(self, rate: float, block_size: int, *, spatial_axes: Sequence[int] = (1, 2),
                deterministic: bool | None = False, rng_collection: str = "dropout",
                rngs: nnx.Rngs | nnx.RngStream | None = None):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.block_size, self.spatial_axes = block_size, tuple(spatial_axes)
-
-  def _apply(self, key, inputs, rate, deterministic):
-    return drop_block(key, inputs, rate, self.block_size, spatial_axes=self.spatial_axes,
-                      deterministic=deterministic)
 
 
 def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
