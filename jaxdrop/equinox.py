@@ -31,20 +31,21 @@ __all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "
            "DropPath", "DropBlock"]
 
 
-def _draw(module, key, inference):
-  """Equinox's order of decisions: the mode, the rate, then the key (required when dropping).
+def _run(module, x, key, inference, function, **options):
+  """Equinox's order of decisions, then the functional member `function`.
 
-  Returns None when the input passes through unchanged, else ``(key, rate, deterministic)``.
+  The mode first (the call's, else the field), then the rate; a key is required only when
+  units are dropped. A traced `inference` goes on to jaxdrop, which takes it.
   """
   inference = check.flag(module.inference if inference is None else inference, "inference")
   rate_value = check.probability(module.p, "p")
   if inference is True or rate_value == 0.0:
-    return None
+    return x
   if key is None:
     raise RuntimeError(f"{type(module).__name__} requires a key when running in "
                        "non-deterministic mode: pass key=..., or inference=True (or switch the "
                        "model with eqx.nn.inference_mode)")
-  return key, module.p, inference
+  return function(key, x, module.p, deterministic=inference, **options)
 
 
 class Dropout(eqx.nn.Dropout):
@@ -70,11 +71,7 @@ class Dropout(eqx.nn.Dropout):
       inference = deterministic
       warnings.warn("Dropout()(deterministic=...) is deprecated in favour of "
                     "Dropout()(inference=...), as in eqx.nn.Dropout", stacklevel=2)
-    drawn = _draw(self, key, inference)
-    if drawn is None:
-      return x
-    key, rate, deterministic = drawn
-    return dropout(key, x, rate, deterministic=deterministic)
+    return _run(self, x, key, inference, dropout)
 
 
 class _Member(eqx.Module):
@@ -92,15 +89,8 @@ class _Member(eqx.Module):
 
   def __call__(self, x, *, key: jax.Array | None = None,
                inference: bool | None = None) -> jax.Array:
-    drawn = _draw(self, key, inference)
-    if drawn is None:
-      return x
-    key, rate, deterministic = drawn
-    return self._apply(key, x, rate, deterministic)
-
-  def _apply(self, key, x, rate, deterministic):
     options = {name: getattr(self, name) for name in self._options}
-    return self._function(key, x, rate, deterministic=deterministic, **options)
+    return _run(self, x, key, inference, self._function, **options)
 
 
 class _PerChannel(_Member):
@@ -146,10 +136,11 @@ class DropPath(_Member):
 
   batch_axis: int | None = None
 
-  def _apply(self, key, x, rate, deterministic):
-    mode = "batch" if self.batch_axis is None else "row"
-    batch_axis = 0 if self.batch_axis is None else self.batch_axis
-    return drop_path(key, x, rate, batch_axis=batch_axis, mode=mode, deterministic=deterministic)
+  def __call__(self, x, *, key: jax.Array | None = None,
+               inference: bool | None = None) -> jax.Array:
+    if self.batch_axis is None:
+      return _run(self, x, key, inference, drop_path, mode="batch")
+    return _run(self, x, key, inference, drop_path, batch_axis=self.batch_axis, mode="row")
 
 
 class DropBlock(_Member):

@@ -33,20 +33,24 @@ __all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "
            "DropPath", "DropBlock", "attention_fn"]
 
 
-def _draw(module, deterministic, rng):
-  """Linen's order of decisions: the merged mode, the rate, then (only when dropping) the key.
+def _run(module, inputs, deterministic, rng, function, **options):
+  """Linen's order of decisions, then the functional member `function`.
 
-  Returns None when the input passes through unchanged, else ``(key, rate, deterministic)``.
+  The merged mode first, then the rate; only when units are dropped is a key made (a
+  concrete rate of 1 gives zeros without one, as in Flax). A traced `deterministic` goes on to
+  jaxdrop, which takes it.
   """
   deterministic = check.flag(nn.merge_param("deterministic", module.deterministic, deterministic),
                              "deterministic")
   rate = module.rate
   rate_value = check.probability(rate, "rate")
   if deterministic is True or rate_value == 0.0:
-    return None
+    return inputs
+  if deterministic is False and rate_value == 1.0:
+    return jnp.zeros_like(check.float_array(inputs, "inputs"))
   if rng is None:
     rng = module.make_rng(module.rng_collection)
-  return rng, rate, deterministic
+  return function(rng, inputs, rate, deterministic=deterministic, **options)
 
 
 class Dropout(nn.Dropout):
@@ -72,12 +76,7 @@ class Dropout(nn.Dropout):
   """
 
   def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
-    drawn = _draw(self, deterministic, rng)
-    if drawn is None:
-      return inputs
-    rng, rate, deterministic = drawn
-    return dropout(rng, inputs, rate, deterministic=deterministic,
-                   broadcast_dims=self.broadcast_dims)
+    return _run(self, inputs, deterministic, rng, dropout, broadcast_dims=self.broadcast_dims)
 
 
 class _Member(nn.Module):
@@ -95,12 +94,8 @@ class _Member(nn.Module):
   _options = ()
 
   def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
-    drawn = _draw(self, deterministic, rng)
-    if drawn is None:
-      return inputs
-    rng, rate, deterministic = drawn
     options = {name: getattr(self, name) for name in self._options}
-    return self._function(rng, inputs, rate, deterministic=deterministic, **options)
+    return _run(self, inputs, deterministic, rng, self._function, **options)
 
 
 class _PerChannel(_Member):

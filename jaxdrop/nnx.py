@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes as _flax_dtypes
 from flax.nnx.nn.attention import dot_product_attention_weights as _flax_weights
@@ -38,11 +39,9 @@ __all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "
 Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
-def _rate(rate):
-  """The rate's value (read from an ``nnx.Variable`` if it is one), checked where concrete."""
-  value = rate[...] if isinstance(rate, nnx.Variable) else rate
-  check.probability(value, "rate")
-  return value
+def _check_rate(rate) -> None:
+  """Checks a constructor's rate (the value of an ``nnx.Variable``), where it is concrete."""
+  check.probability(rate[...] if isinstance(rate, nnx.Variable) else rate, "rate")
 
 
 def _own_stream(rngs, collection: str):
@@ -56,11 +55,12 @@ def _own_stream(rngs, collection: str):
   raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or None, got {type(rngs).__name__}")
 
 
-def _draw(module, deterministic, rngs):
-  """Flax's order of decisions: the mode, then the rate, then (only when dropping) the key.
+def _run(module, inputs, deterministic, rngs, function, **options):
+  """Flax's order of decisions, then the functional member `function`.
 
-  Returns None when the input passes through unchanged, else ``(key, rate, deterministic)``;
-  `deterministic` may then still be a traced boolean, which jaxdrop accepts.
+  The mode first (the call's, else the module's), then the rate; only when units are dropped
+  is a key drawn, so the stream advances exactly when Flax's would. A concrete rate of 1 gives
+  zeros without a key, as in Flax. A traced `deterministic` goes on to jaxdrop, which takes it.
   """
   name = type(module).__name__
   if deterministic is None:
@@ -70,9 +70,12 @@ def _draw(module, deterministic, rngs):
                      "to its constructor or call, or switch the model with model.train() / "
                      "model.eval() or nnx.view(model, deterministic=...)")
   deterministic = check.flag(deterministic, "deterministic")
-  rate = _rate(module.rate)
-  if deterministic is True or (not check.is_traced(rate) and float(rate) == 0.0):
-    return None
+  rate = module.rate[...] if isinstance(module.rate, nnx.Variable) else module.rate
+  rate_value = check.probability(rate, "rate")
+  if deterministic is True or rate_value == 0.0:
+    return inputs
+  if deterministic is False and rate_value == 1.0:
+    return jnp.zeros_like(check.float_array(inputs, "inputs"))
   rngs = module.rngs if rngs is None else rngs
   if rngs is None:
     raise ValueError(f"`deterministic` is False, but no `rngs` argument was provided to {name} "
@@ -87,7 +90,7 @@ def _draw(module, deterministic, rngs):
   else:
     raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or a key, got "
                     f"{type(rngs).__name__}")
-  return key, rate, deterministic
+  return function(key, inputs, rate, deterministic=deterministic, **options)
 
 
 class Dropout(nnx.Dropout):
@@ -122,17 +125,12 @@ class Dropout(nnx.Dropout):
   def __init__(self, rate: float, *, broadcast_dims: Sequence[int] = (),
                deterministic: bool | None = False, rng_collection: str = "dropout",
                rngs: nnx.Rngs | nnx.RngStream | None = None):
-    _rate(rate)
+    _check_rate(rate)
     super().__init__(rate, broadcast_dims=broadcast_dims, deterministic=deterministic,
                      rng_collection=rng_collection, rngs=rngs)
 
   def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
-    drawn = _draw(self, deterministic, rngs)
-    if drawn is None:
-      return inputs
-    key, rate, deterministic = drawn
-    return dropout(key, inputs, rate, deterministic=deterministic,
-                   broadcast_dims=self.broadcast_dims)
+    return _run(self, inputs, deterministic, rngs, dropout, broadcast_dims=self.broadcast_dims)
 
 
 class _Member(nnx.Module):
@@ -147,7 +145,7 @@ class _Member(nnx.Module):
 
   def __init__(self, rate: float, *, deterministic: bool | None = False,
                rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
-    _rate(rate)
+    _check_rate(rate)
     self.rate = rate
     self.deterministic = deterministic
     self.rng_collection = rng_collection
@@ -159,12 +157,8 @@ class _Member(nnx.Module):
       self.deterministic = deterministic
 
   def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
-    drawn = _draw(self, deterministic, rngs)
-    if drawn is None:
-      return inputs
-    key, rate, deterministic = drawn
     options = {name: getattr(self, name) for name in self._options}
-    return self._function(key, inputs, rate, deterministic=deterministic, **options)
+    return _run(self, inputs, deterministic, rngs, self._function, **options)
 
 
 class _PerChannel(_Member):

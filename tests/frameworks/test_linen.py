@@ -62,6 +62,8 @@ def test_rates_zero_and_one_with_finite_gradient():
   np.testing.assert_array_equal(_apply(everything, x, key2, deterministic=False), 0.0)
   grad = jax.grad(lambda x: jnp.sum(_apply(everything, x, key3, deterministic=False)))(x)
   np.testing.assert_array_equal(grad, 0.0)                     # finite: no NaN at rate 1
+  # As in Flax, rate 1 needs no dropout rng.
+  np.testing.assert_array_equal(everything.apply({}, x, deterministic=False), 0.0)
 
 
 @pytest.mark.parametrize("ndim, broadcast_dims", [

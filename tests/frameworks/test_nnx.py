@@ -267,6 +267,18 @@ def test_traced_deterministic_is_honoured():
   assert np.any(np.asarray(f(layer, x, jnp.bool_(False))) == 0)
 
 
+@pytest.mark.parametrize("module", [jdnnx.Dropout, jdnnx.AlphaDropout, jdnnx.DropPath])
+def test_rate_one_gives_zeros_without_a_key_as_flax(module):
+  # Flax's Dropout returns zeros at rate 1 before drawing a key; the stream does not move.
+  layer = module(1.0, rngs=nnx.Rngs(dropout=0))
+  x = jnp.full((4, 3), jnp.nan)
+  np.testing.assert_array_equal(layer(x), 0.0)
+  assert layer.rngs.count[...] == 0
+  np.testing.assert_array_equal(module(1.0)(x), 0.0)          # no rngs needed either
+  grad = jax.grad(lambda x: jnp.sum(module(1.0)(x)))(jnp.ones((4, 3)))
+  np.testing.assert_array_equal(grad, 0.0)
+
+
 def test_bad_input_is_named():
   with pytest.raises(ValueError, match="rate must be in"):
     jdnnx.Dropout(1.5)
