@@ -18,6 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from . import _validate as check
 from ._attention import dot_product_attention
 
 # `jax.default_matmul_precision` names of the `lax.Precision` values.
@@ -50,11 +51,24 @@ def _precision_scope(precision):
 
 
 def _merge_batch(x, batch: tuple[int, ...]):
-  """An array ``[batch..., a, b, c]`` (or broadcastable to it) as ``[prod(batch), a, b, c]``."""
+  """An array ``[batch..., a, b, c]`` (or broadcastable to it) as ``[prod(batch), a, b, c]``.
+
+  One shared by every example (batch axes of size 1) stays one, ``[1, a, b, c]``: a causal
+  ``(T, S)`` mask is not copied per example.
+  """
   x = jnp.asarray(x)
   x = x.reshape((1,) * (len(batch) + 3 - x.ndim) + x.shape)
-  x = jnp.broadcast_to(x, batch + x.shape[len(batch):])
-  return x.reshape((math.prod(batch),) + x.shape[len(batch):])
+  lead, rest = x.shape[:len(batch)], x.shape[len(batch):]
+  if all(size == 1 for size in lead):
+    return x.reshape((1,) + rest)
+  return jnp.broadcast_to(x, batch + rest).reshape((math.prod(batch),) + rest)
+
+
+def _no_dropout(rate, deterministic) -> bool:
+  """Whether a call certainly drops nothing (concrete values only; traced ones may drop)."""
+  if not check.is_traced(deterministic) and check.flag(deterministic, "deterministic") is True:
+    return True
+  return check.probability(rate, "dropout_rate") == 0.0
 
 
 def flax_attention(query, key, value, bias, mask, *, broadcast_dropout: bool, dropout_rng,
@@ -70,6 +84,9 @@ def flax_attention(query, key, value, bias, mask, *, broadcast_dropout: bool, dr
   if not batch == key.shape[:-3] == value.shape[:-3]:
     raise ValueError(f"query, key and value batch dims must match, got shapes {query.shape}, "
                      f"{key.shape} and {value.shape}")
+  if dropout_rng is None and not _no_dropout(dropout_rate, deterministic):
+    raise ValueError(f"dropout_rng must be a PRNG key when dropout_rate={dropout_rate!r} and "
+                     f"deterministic={deterministic!r}, got None")
   if mask is not None:
     mask = jnp.asarray(mask).astype(jnp.bool_)  # Flax masks where the value is zero
   if len(batch) > 1:

@@ -7,10 +7,12 @@ probability, and ``inference``), the same call (``key`` and ``inference`` keywor
 its key-only backward pass; a ``p`` held as an array is traced by ``filter_jit``, so changing it
 does not retrace.
 
-Equinox layers see one example at a time (``vmap`` over the batch), so the family's defaults
-here are unbatched and channels-first: ``ChannelDropout`` and ``FeatureAlphaDropout`` drop
-whole channels of a ``(C, ...)`` example, ``DropPath`` drops the whole example's branch, and
-``DropBlock`` drops blocks of a ``(C, H, W)`` example.
+The layout fields (axes, block size) are static, as `eqx.nn.Conv`'s are, so plain
+``jax.jit`` and ``jax.tree.map`` leave them alone. Equinox layers see one example at a time
+(``vmap`` over the batch), so the family's defaults here are unbatched and channels-first:
+``ChannelDropout`` and ``FeatureAlphaDropout`` drop whole channels of a ``(C, ...)`` example,
+``DropPath`` drops the whole example's branch, and ``DropBlock`` drops blocks of a
+``(C, H, W)`` example.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import equinox as eqx
 import jax
+
+try:
+  import equinox as eqx
+except ImportError as err:  # the core needs jax alone; the adapter needs its framework
+  raise ImportError('jaxdrop.equinox needs Equinox: pip install "jaxdrop[equinox]"') from err
 
 from . import _validate as check
 from ._block import drop_block
@@ -96,8 +102,8 @@ class _Member(eqx.Module):
 class _PerChannel(_Member):
   """A member with one decision per channel of an unbatched ``(C, ...)`` example by default."""
 
-  channel_axis: int = 0
-  batch_axis: int | None = None
+  channel_axis: int = eqx.field(static=True, default=0)
+  batch_axis: int | None = eqx.field(static=True, default=None)
   _options = ("channel_axis", "batch_axis")
 
 
@@ -134,7 +140,7 @@ class DropPath(_Member):
   decision per entry of that axis instead.
   """
 
-  batch_axis: int | None = None
+  batch_axis: int | None = eqx.field(static=True, default=None)
 
   def __call__(self, x, *, key: jax.Array | None = None,
                inference: bool | None = None) -> jax.Array:
@@ -149,7 +155,7 @@ class DropBlock(_Member):
   ``DropBlock(p, inference=False, block_size=7, spatial_axes=(1, 2))``.
   """
 
-  block_size: int = 7
-  spatial_axes: Sequence[int] = (1, 2)
+  block_size: int = eqx.field(static=True, default=7)
+  spatial_axes: Sequence[int] = eqx.field(static=True, default=(1, 2), converter=tuple)
   _function = staticmethod(drop_block)
   _options = ("block_size", "spatial_axes")

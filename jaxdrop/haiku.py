@@ -17,6 +17,7 @@ from typing import Literal
 import jax
 from jax.typing import ArrayLike
 
+from . import _validate
 from ._block import drop_block as _drop_block
 from ._dropout import dropout as _dropout
 from ._family import alpha_dropout as _alpha_dropout
@@ -27,6 +28,13 @@ from ._family import gaussian_dropout as _gaussian_dropout
 
 __all__ = ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
            "gaussian_dropout", "drop_path", "drop_block"]
+
+
+def _rng(rng, rate):
+  """Haiku calls the key `rng`: a missing one is reported under that name."""
+  if rng is None and _validate.probability(rate, "rate") != 0.0:
+    raise ValueError(f"rng must be a PRNG key (hk.next_rng_key()) when rate={rate!r}, got None")
+  return rng
 
 
 def dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike,
@@ -45,38 +53,38 @@ def dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike,
     >>> bool(jnp.all((y == 0) | (y == 2)))
     True
   """
-  return _dropout(rng, x, rate, broadcast_dims=broadcast_dims)
+  return _dropout(_rng(rng, rate), x, rate, broadcast_dims=broadcast_dims)
 
 
 def channel_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1,
                     batch_axis: int | None = 0) -> jax.Array:
   """`jaxdrop.channel_dropout` in Haiku's order: drops whole channels, one draw per example."""
-  return _channel_dropout(rng, x, rate, channel_axis=channel_axis, batch_axis=batch_axis)
+  return _channel_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis, batch_axis=batch_axis)
 
 
 def alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
   """`jaxdrop.alpha_dropout` in Haiku's order: dropout for SELU networks."""
-  return _alpha_dropout(rng, x, rate)
+  return _alpha_dropout(_rng(rng, rate), x, rate)
 
 
 def feature_alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1,
                           batch_axis: int | None = 0) -> jax.Array:
   """`jaxdrop.feature_alpha_dropout` in Haiku's order: alpha dropout of whole channels."""
-  return _feature_alpha_dropout(rng, x, rate, channel_axis=channel_axis, batch_axis=batch_axis)
+  return _feature_alpha_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis, batch_axis=batch_axis)
 
 
 def gaussian_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
   """`jaxdrop.gaussian_dropout` in Haiku's order: multiplicative Gaussian noise."""
-  return _gaussian_dropout(rng, x, rate)
+  return _gaussian_dropout(_rng(rng, rate), x, rate)
 
 
 def drop_path(rng: jax.Array, rate: ArrayLike, x: ArrayLike, batch_axis: int = 0,
               mode: Literal["row", "batch"] = "row") -> jax.Array:
   """`jaxdrop.drop_path` in Haiku's order: stochastic depth on a residual branch."""
-  return _drop_path(rng, x, rate, batch_axis=batch_axis, mode=mode)
+  return _drop_path(_rng(rng, rate), x, rate, batch_axis=batch_axis, mode=mode)
 
 
 def drop_block(rng: jax.Array, rate: ArrayLike, x: ArrayLike, block_size: int,
                spatial_axes: Sequence[int] = (1, 2)) -> jax.Array:
   """`jaxdrop.drop_block` in Haiku's order: drops square blocks of NHWC feature maps."""
-  return _drop_block(rng, x, rate, block_size, spatial_axes=spatial_axes)
+  return _drop_block(_rng(rng, rate), x, rate, block_size, spatial_axes=spatial_axes)

@@ -16,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+try:
+  import flax.linen as nn
+except ImportError as err:  # the core needs jax alone; the adapter needs its framework
+  raise ImportError('jaxdrop.linen needs Flax: pip install "jaxdrop[flax]"') from err
 from flax.linen import dtypes as _flax_dtypes
 from flax.linen.attention import dot_product_attention_weights as _flax_weights
 
@@ -142,7 +146,8 @@ class DropPath(_Member):
 class DropBlock(_Member):
   """`jaxdrop.drop_block` as a Linen module: drops square blocks of NHWC feature maps.
 
-  ``DropBlock(rate, block_size=7)``; `spatial_axes` as for `jaxdrop.drop_block`.
+  ``DropBlock(rate, block_size=7)`` (7, timm's default, in every framework's DropBlock here);
+  `spatial_axes` as for `jaxdrop.drop_block`.
   """
 
   block_size: int = 7

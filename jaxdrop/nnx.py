@@ -22,7 +22,11 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+try:
+  from flax import nnx
+except ImportError as err:  # the core needs jax alone; the adapter needs its framework
+  raise ImportError('jaxdrop.nnx needs Flax: pip install "jaxdrop[flax]"') from err
 from flax.nnx.nn import dtypes as _flax_dtypes
 from flax.nnx.nn.attention import dot_product_attention_weights as _flax_weights
 
@@ -152,7 +156,11 @@ class _Member(nnx.Module):
     self.rngs = _own_stream(rngs, rng_collection)
 
   def set_view(self, deterministic: bool | None = None):
-    """Called by ``nnx.view``: True turns the member off, False on."""
+    """Called by ``nnx.view`` to set the mode of a view of the model.
+
+    Args:
+      deterministic: True turns the member off, False on; None leaves it.
+    """
     if deterministic is not None:
       self.deterministic = deterministic
 
@@ -211,12 +219,16 @@ class DropPath(_Member):
 
 
 class DropBlock(_Member):
-  """`jaxdrop.drop_block` as an NNX module: drops square blocks of NHWC feature maps."""
+  """`jaxdrop.drop_block` as an NNX module: drops square blocks of NHWC feature maps.
+
+  ``DropBlock(rate, block_size=7)`` (7, timm's default, in every framework's DropBlock here);
+  `spatial_axes` as for `jaxdrop.drop_block`.
+  """
 
   _function = staticmethod(drop_block)
   _options = ("block_size", "spatial_axes")
 
-  def __init__(self, rate: float, block_size: int, *, spatial_axes: Sequence[int] = (1, 2),
+  def __init__(self, rate: float, block_size: int = 7, *, spatial_axes: Sequence[int] = (1, 2),
                deterministic: bool | None = False, rng_collection: str = "dropout",
                rngs: nnx.Rngs | nnx.RngStream | None = None):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import jaxdrop
 
 
@@ -44,3 +46,12 @@ def test_import_jaxdrop_imports_no_framework():
           "print(sorted(m for m in ('flax', 'equinox', 'haiku') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("adapter, blocked, extra", [("nnx", "flax", "flax"), ("linen", "flax", "flax"),
+                                                     ("equinox", "equinox", "equinox")])
+def test_missing_framework_names_the_extra(adapter, blocked, extra):
+  code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+          f"try:\n  import jaxdrop.{adapter}\nexcept ImportError as err:\n  print(err)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert f'pip install "jaxdrop[{extra}]"' in out.stdout, out.stdout + out.stderr

@@ -147,6 +147,14 @@ def test_channel_dropout_drops_whole_channels_of_an_example():
   assert 0 < int(jnp.sum(per_channel[:, 0] == 0)) < 64
 
 
+def test_layout_fields_are_static_under_plain_jit():
+  layer = jdeqx.ChannelDropout(0.5)
+  x = jnp.ones((4, 3, 3))
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(jax.jit(lambda m, x: m(x, key=key))(layer, x), layer(x, key=key))
+  assert jax.tree.leaves(jdeqx.DropBlock(0.1, block_size=3)) == [0.1, False]
+
+
 def test_bad_p_is_named():
   with pytest.raises(ValueError, match="p must be in"):
     jdeqx.Dropout(1.5)(jnp.ones(3), key=jax.random.key(0))

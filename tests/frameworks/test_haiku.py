@@ -100,3 +100,6 @@ def test_rate_one_drops_everything_where_haiku_raises():
   np.testing.assert_array_equal(jdhk.dropout(jax.random.key(0), 1.0, x), 0.0)
   with pytest.raises(ValueError, match="rate must be in"):
     jdhk.dropout(jax.random.key(0), 1.5, x)
+  with pytest.raises(ValueError, match="rng must be a PRNG key"):
+    jdhk.drop_path(None, 0.5, x)
+  assert jdhk.dropout(None, 0.0, x) is x

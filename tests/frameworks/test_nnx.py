@@ -279,6 +279,17 @@ def test_rate_one_gives_zeros_without_a_key_as_flax(module):
   np.testing.assert_array_equal(grad, 0.0)
 
 
+def test_view_info_describes_the_members():
+  # nnx.view_info reads each set_view's documented arguments.
+  class Model(nnx.Module):
+    def __init__(self):
+      self.drop_path = jdnnx.DropPath(0.1, rngs=nnx.Rngs(0))
+      self.dropout = jdnnx.Dropout(0.1, rngs=nnx.Rngs(0))
+
+  info = nnx.view_info(Model())
+  assert "DropPath" in info and "deterministic" in info
+
+
 def test_bad_input_is_named():
   with pytest.raises(ValueError, match="rate must be in"):
     jdnnx.Dropout(1.5)
@@ -288,6 +299,11 @@ def test_bad_input_is_named():
     jdnnx.Dropout(0.5, rngs=0)
   with pytest.raises(TypeError, match="rngs must be"):
     jdnnx.AlphaDropout(0.5)(jnp.ones(3), rngs="key")
+  q = jnp.ones((1, 4, 1, 2))
+  with pytest.raises(ValueError, match="dropout_rng must be a PRNG key"):
+    jdnnx.attention_fn(q, q, q, dropout_rate=0.3)
+  np.testing.assert_array_equal(jdnnx.attention_fn(q, q, q, dropout_rate=0.3, deterministic=True),
+                                jdnnx.attention_fn(q, q, q))
 
 
 # --- tests/nnx/nn/attention_test.py, and attention_fn against jaxdrop.dot_product_attention ---
@@ -331,6 +347,22 @@ def test_attention_fn_is_dot_product_attention_with_flax_arguments(shape, broadc
   chunked = functools.partial(jdnnx.attention_fn, implementation="chunked", query_chunk_size=2,
                               key_chunk_size=2)
   np.testing.assert_allclose(call(chunked)(q, k, v), out, rtol=1e-5, atol=1e-5)
+
+
+def test_a_shared_mask_is_not_copied_per_example():
+  # Several batch axes are merged into one; a (T, S) mask shared by every example must stay
+  # one (T, S) array, not become one per example (which would grow with the batch).
+  T = 1024                                  # XLA fuses a copied mask away at smaller T
+  mask = jnp.tril(jnp.ones((T, T), jnp.bool_))
+  temp = {}
+  for batch in [(32,), (4, 8)]:
+    q = jnp.ones(batch + (T, 1, 8))
+    f = lambda q, m: jdnnx.attention_fn(q, q, q, mask=m, dropout_rate=0.1,
+                                        dropout_rng=jax.random.key(0), implementation="chunked")
+    temp[batch] = jax.jit(f).lower(q, mask).compile().memory_analysis().temp_size_in_bytes
+  # Two batch axes cost what one of the same size costs, give or take one copy of the mask;
+  # a copy per example would add 32 * T * T bytes (it did: 131.7 MiB against 98.7 MiB).
+  assert temp[(4, 8)] <= temp[(32,)] + 2 * T * T, temp
 
 
 def test_broadcast_dropout_shares_one_mask_over_batch_and_heads():
