@@ -59,7 +59,8 @@ def dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike,
 def channel_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1,
                     batch_axis: int | None = 0) -> jax.Array:
   """`jaxdrop.channel_dropout` in Haiku's order: drops whole channels, one draw per example."""
-  return _channel_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis, batch_axis=batch_axis)
+  return _channel_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis,
+                          batch_axis=batch_axis)
 
 
 def alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
@@ -70,7 +71,8 @@ def alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
 def feature_alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1,
                           batch_axis: int | None = 0) -> jax.Array:
   """`jaxdrop.feature_alpha_dropout` in Haiku's order: alpha dropout of whole channels."""
-  return _feature_alpha_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis, batch_axis=batch_axis)
+  return _feature_alpha_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis,
+                                batch_axis=batch_axis)
 
 
 def gaussian_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:

@@ -377,7 +377,6 @@ def test_broadcast_dropout_shares_one_mask_over_batch_and_heads():
 
 def test_sown_weights_are_flax_pre_dropout_weights():
   x = jax.random.normal(jax.random.key(1), (2, 6, 8))
-
   ours = _sown(_mha(dropout_rate=0.3, attention_fn=jdnnx.attention_fn, deterministic=False), x)
   flax = _sown(_mha(dropout_rate=0.3, deterministic=False), x)
   assert ours.shape == (2, 2, 6, 6)
