@@ -1,20 +1,21 @@
 """jaxdrop: dropout and its family for JAX, pure functions of an explicit key with a hand-derived backward pass."""
 
+from ._alpha import alpha_dropout as alpha_dropout
+from ._alpha import feature_alpha_dropout as feature_alpha_dropout
 from ._attention import dot_product_attention as dot_product_attention
 from ._block import drop_block as drop_block
 from ._dropout import dropout as dropout
-from ._family import alpha_dropout as alpha_dropout
-from ._family import channel_dropout as channel_dropout
-from ._family import drop_connect as drop_connect
-from ._family import drop_path as drop_path
-from ._family import feature_alpha_dropout as feature_alpha_dropout
-from ._family import gaussian_dropout as gaussian_dropout
 from ._locked import DropoutMask as DropoutMask
 from ._locked import apply_mask as apply_mask
 from ._locked import make_mask as make_mask
 from ._mask import random_bits as random_bits
 from ._mc import MCResult as MCResult
 from ._mc import mc_dropout as mc_dropout
+from ._noise import gaussian_dropout as gaussian_dropout
+from ._noise import gaussian_noise as gaussian_noise
+from ._structured import channel_dropout as channel_dropout
+from ._structured import drop_path as drop_path
+from ._weights import drop_connect as drop_connect
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "alpha_dropout",
     "feature_alpha_dropout",
     "gaussian_dropout",
+    "gaussian_noise",
     "drop_path",
     "drop_block",
     "drop_connect",

@@ -38,7 +38,8 @@ def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str)
   """Parameters of the Bernoulli draw, ``(t, any_kept, mult)``, and the affine part.
 
   `kind` is "inverted" (kept units times 1/keep), "classic" (kept units as they
-  are, times keep at test time) or "alpha" (Klambauer et al.: kept units
+  are, times keep at test time), "unscaled" (kept units as they are, and `x` itself at
+  test time: timm's ``scale_by_keep=False``) or "alpha" (Klambauer et al.: kept units
   ``a * x + b``, dropped units ``a * alpha' + b``), with keep the realised keep
   probability of `threshold`. Deterministic calls keep every unit (``t = 0``) with the
   test-time factor, whatever the rate, as a Python ``deterministic=True`` does (classic
@@ -54,6 +55,8 @@ def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str)
     train, test = inverse_keep, one
   elif kind == "classic":
     train, test = one, keep + nan_unless(valid, keep.dtype)
+  elif kind == "unscaled":
+    train, test = one, one
   else:
     spread = 1 + drop * ALPHA_PRIME**2
     train = jnp.where(any_kept, jax.lax.rsqrt(jnp.where(any_kept, keep, one) * spread), zero)

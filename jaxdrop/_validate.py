@@ -6,6 +6,7 @@ raises a `TypeError` or `ValueError` naming the argument and the value it got.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -50,28 +51,43 @@ def float_array(x, name: str = "x") -> jax.Array:
   return x
 
 
-def probability(value, name: str = "rate") -> float | None:
-  """Checks a probability; returns it as a float if concrete, None if traced."""
-  not_a_key(value, name, "a probability")
+def _real_scalar(value, name: str, what: str) -> float | None:
+  """Checks a real scalar; returns it as a float if concrete, None if traced."""
+  not_a_key(value, name, what)
   if isinstance(value, (bool, np.bool_)):
-    raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}")
+    raise TypeError(f"{name} must be a real number, {what}, got {value!r}")
   dtype = getattr(value, "dtype", None)
   if dtype is None:
     if not isinstance(value, (int, float)):
-      raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__} {value!r}")
+      raise TypeError(f"{name} must be a real number, {what}, got {type(value).__name__} "
+                      f"{value!r}")
   else:
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-      raise TypeError(f"{name} must be a real number in [0, 1], got an array of dtype {np.dtype(dtype).name}")
+      raise TypeError(f"{name} must be a real number, {what}, got an array of dtype "
+                      f"{np.dtype(dtype).name}")
     if np.ndim(value) != 0:
       raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
   if is_traced(value):
     return None
   try:
-    number = float(value)
+    return float(value)
   except OverflowError:  # a Python int beyond float64's range
-    number = float("inf")
-  if not 0.0 <= number <= 1.0:  # also rejects NaN
+    return float("inf")
+
+
+def probability(value, name: str = "rate") -> float | None:
+  """Checks a probability; returns it as a float if concrete, None if traced."""
+  number = _real_scalar(value, name, "a probability in [0, 1]")
+  if number is not None and not 0.0 <= number <= 1.0:  # also rejects NaN
     raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value!r}")
+  return number
+
+
+def nonnegative(value, name: str) -> float | None:
+  """Checks a finite real number >= 0; returns it as a float if concrete, None if traced."""
+  number = _real_scalar(value, name, "finite and >= 0")
+  if number is not None and not 0.0 <= number < math.inf:  # also rejects NaN
+    raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
   return number
 
 

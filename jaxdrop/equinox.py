@@ -28,10 +28,11 @@ except ImportError as err:  # the core needs jax alone; the adapter needs its fr
   raise ImportError('jaxdrop.equinox needs Equinox: pip install "jaxdrop[equinox]"') from err
 
 from . import _validate as check
+from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
 from ._dropout import dropout
-from ._family import (alpha_dropout, channel_dropout, drop_path, feature_alpha_dropout,
-                      gaussian_dropout)
+from ._noise import gaussian_dropout
+from ._structured import channel_dropout, drop_path
 
 __all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
            "DropPath", "DropBlock"]

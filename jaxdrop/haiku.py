@@ -18,13 +18,13 @@ import jax
 from jax.typing import ArrayLike
 
 from . import _validate
+from ._alpha import alpha_dropout as _alpha_dropout
+from ._alpha import feature_alpha_dropout as _feature_alpha_dropout
 from ._block import drop_block as _drop_block
 from ._dropout import dropout as _dropout
-from ._family import alpha_dropout as _alpha_dropout
-from ._family import channel_dropout as _channel_dropout
-from ._family import drop_path as _drop_path
-from ._family import feature_alpha_dropout as _feature_alpha_dropout
-from ._family import gaussian_dropout as _gaussian_dropout
+from ._noise import gaussian_dropout as _gaussian_dropout
+from ._structured import channel_dropout as _channel_dropout
+from ._structured import drop_path as _drop_path
 
 __all__ = ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
            "gaussian_dropout", "drop_path", "drop_block"]

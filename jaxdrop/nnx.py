@@ -31,11 +31,12 @@ from flax.nnx.nn import dtypes as _flax_dtypes
 from flax.nnx.nn.attention import dot_product_attention_weights as _flax_weights
 
 from . import _validate as check
+from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
 from ._dropout import dropout
-from ._family import (alpha_dropout, channel_dropout, drop_path, feature_alpha_dropout,
-                      gaussian_dropout)
 from ._flax_attention import flax_attention
+from ._noise import gaussian_dropout
+from ._structured import channel_dropout, drop_path
 
 __all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
            "DropPath", "DropBlock", "attention_fn"]
