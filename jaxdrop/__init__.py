@@ -13,6 +13,7 @@ from ._mc import MCResult as MCResult
 from ._mc import mc_dropout as mc_dropout
 from ._noise import gaussian_dropout as gaussian_dropout
 from ._noise import gaussian_noise as gaussian_noise
+from ._recurrent import zoneout as zoneout
 from ._structured import channel_dropout as channel_dropout
 from ._structured import drop_path as drop_path
 from ._weights import drop_connect as drop_connect
@@ -39,6 +40,7 @@ __all__ = [
     "drop_path",
     "drop_block",
     "drop_connect",
+    "zoneout",
     "dot_product_attention",
     "make_mask",
     "apply_mask",

@@ -28,6 +28,7 @@ MEMBERS["alpha_dropout shared over a sharded axis"] = (
     lambda k, x, r: jaxdrop.alpha_dropout(k, x, r, broadcast_dims=(0, 3)))
 MEMBERS["drop_path unscaled"] = lambda k, x, r: jaxdrop.drop_path(k, x, r, scale_by_keep=False)
 MEMBERS["gaussian_noise"] = jaxdrop.gaussian_noise           # the rate serves as stddev
+MEMBERS["zoneout"] = lambda k, x, r, **kw: jaxdrop.zoneout(k, -2 * x, x, r, **kw)
 
 MESHES = {
     "1d": ((8,), ("d",), [P("d"), P(None, None, None, "d")]),
@@ -142,7 +143,7 @@ def test_shard_map_gradient_and_family_members():
   x = jax.random.normal(jax.random.key(1), SHAPE)
   spec = P("d")
   for f in (jaxdrop.channel_dropout, jaxdrop.alpha_dropout, jaxdrop.drop_path,
-            jaxdrop.gaussian_dropout, jaxdrop.gaussian_noise):
+            jaxdrop.gaussian_dropout, jaxdrop.gaussian_noise, MEMBERS["zoneout"]):
     expected = f(KEY, x, 0.3)
     cotangent = jax.random.normal(jax.random.key(2), SHAPE)  # linear loss: see test_sharded_member
     expected_grad = jax.grad(lambda x: jnp.sum(cotangent * f(KEY, x, 0.3)))(x)
