@@ -4,6 +4,7 @@ from ._alpha import alpha_dropout as alpha_dropout
 from ._alpha import feature_alpha_dropout as feature_alpha_dropout
 from ._attention import dot_product_attention as dot_product_attention
 from ._block import drop_block as drop_block
+from ._depth import stochastic_depth as stochastic_depth
 from ._dropout import dropout as dropout
 from ._locked import DropoutMask as DropoutMask
 from ._locked import apply_mask as apply_mask
@@ -38,6 +39,7 @@ __all__ = [
     "gaussian_dropout",
     "gaussian_noise",
     "drop_path",
+    "stochastic_depth",
     "drop_block",
     "drop_connect",
     "zoneout",

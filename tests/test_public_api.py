@@ -8,7 +8,7 @@ import jaxdrop
 
 def test_public_surface():
   functions = ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
-               "gaussian_dropout", "gaussian_noise", "zoneout", "drop_path", "drop_block", "drop_connect", "dot_product_attention", "make_mask",
+               "gaussian_dropout", "gaussian_noise", "zoneout", "stochastic_depth", "drop_path", "drop_block", "drop_connect", "dot_product_attention", "make_mask",
                "apply_mask", "mc_dropout", "random_bits"]
   assert sorted(jaxdrop.__all__) == sorted(functions + ["DropoutMask", "MCResult", "__version__"])
   for name in functions:
