@@ -7,7 +7,8 @@ One training step (value_and_grad and an SGD update) of a stack of residual MLP 
 (`h + branch(h)`, branch `relu(h @ w1) @ w2`, 8 blocks of width 1024, batch 512, float32)
 under `lax.scan` over the layers with a key per layer (LayerDrop), three ways: no dropping,
 `drop_path(mode="batch")` at rate 0.5 (the branch is computed and multiplied by the decision)
-and `stochastic_depth` at rate 0.5 (the branch runs under `lax.cond`). Each is timed on the
+and `stochastic_depth` at rate 0.5 (the branch runs under `lax.cond`), and `stochastic_depth` at
+rate 1 (every block dropped: what the step costs without any branch). Each is timed on the
 same 16 keys (median of interleaved rounds per key, then the mean over the keys) and reported
 as a ratio to the step without dropping, with the fraction of blocks those keys keep.
 """
@@ -35,6 +36,8 @@ def _branch(h, w):
 
 
 def _step(kind: str, layers: int):
+  rate = 1.0 if kind.endswith("rate 1") else RATE
+
   def loss(ws, x, key):
     def block(h, inputs):
       i, w = inputs
@@ -42,8 +45,8 @@ def _step(kind: str, layers: int):
       if kind == "no dropping":
         return h + _branch(h, w), None
       if kind == "drop_path":
-        return h + jaxdrop.drop_path(k, _branch(h, w), RATE, mode="batch"), None
-      return h + jaxdrop.stochastic_depth(k, RATE, _branch, h, w), None
+        return h + jaxdrop.drop_path(k, _branch(h, w), rate, mode="batch"), None
+      return h + jaxdrop.stochastic_depth(k, rate, _branch, h, w), None
     return jnp.mean(jax.lax.scan(block, x, (jnp.arange(layers), ws))[0] ** 2)
 
   def step(ws, x, key):
@@ -62,7 +65,7 @@ def main(argv=None):
   ws = jax.random.normal(jax.random.key(0), (layers, 2, width, width)) / np.sqrt(width)
   x = jax.random.normal(jax.random.key(1), (batch, width))
   keys = jax.random.split(jax.random.key(2), n_keys)
-  kinds = ["no dropping", "drop_path", "stochastic_depth"]
+  kinds = ["no dropping", "drop_path", "stochastic_depth", "stochastic_depth, rate 1"]
   steps = {kind: _step(kind, layers) for kind in kinds}
   calls = {(kind, i): (lambda s=steps[kind], k=k: s(ws, x, k))
            for kind in kinds for i, k in enumerate(keys)}
