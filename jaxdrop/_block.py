@@ -20,7 +20,7 @@ from . import _validate as check
 from ._core import forward_mode_hint, noise_op
 from ._dropout import check_common, checked_key, nan_unless, require_key
 from ._keys import mask_words
-from ._mask import MaskSource, drop_threshold, keep_mask
+from ._mask import MaskSource, drop_threshold, keep_mask, mask_layout, standard_normal
 
 # Newton's method from 0 on a convex decreasing function never overshoots; at most 9 steps
 # reached float64's fixed point in every case tried (rates 1e-9 to 1 - 2**-24, maps 7 to
@@ -81,6 +81,7 @@ class _BlockDraw:
   """DropBlock's draw: Bernoulli seeds at valid centres, grown into blocks."""
   block_size: int
   spatial_axes: tuple[int, ...]
+  scale_by_keep: bool = True
 
   def _broadcast(self, vector, axis, ndim):
     return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
@@ -98,6 +99,8 @@ class _BlockDraw:
     window = tuple(b if axis in self.spatial_axes else 1 for axis in range(ndim))
     padding = tuple((high, low) if axis in self.spatial_axes else (0, 0) for axis in range(ndim))
     dropped = jax.lax.reduce_window(seeds, False, jax.lax.bitwise_or, window, (1,) * ndim, padding)
+    if not self.scale_by_keep:
+      return ~dropped & any_kept, jnp.ones((), jnp.float32) + (gamma - gamma)  # NaN stays NaN
     # Position p is kept with probability (1 - gamma) ** coverage(p): scale each one by its inverse.
     # At rate 1 (gamma 1) every position is covered: p_keep is 0, built without log(0).
     every = gamma >= 1
@@ -106,8 +109,10 @@ class _BlockDraw:
     return ~dropped & any_kept, scale
 
 
-@functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff"))
-def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
+@functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff", "mask_shape",
+                                             "with_noise"))
+def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff, mask_shape,
+                with_noise):
   rate = jnp.asarray(rate, jnp.float32)
   valid = (rate >= 0) & (rate <= 1)
   n, w = coverage_table([x.shape[axis] for axis in draw.spatial_axes], draw.block_size)
@@ -117,8 +122,15 @@ def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff):
   t = jnp.where(deterministic | ~valid, jnp.uint32(0), seeds.t)
   realised_gamma = jnp.where(deterministic, 0, seeds.drop + nan_unless(valid, seeds.drop.dtype))
   any_kept = (rate < 1) | deterministic | ~valid
+  affine = None
+  if with_noise:
+    # N(0, 1) where blocks are dropped, from a key of its own: the seeds' bits would make the
+    # noise at a seed's centre low. It does not depend on x, so it needs no derivative.
+    noise_source = MaskSource(mask_words(jax.random.fold_in(key, 1)))
+    noise = standard_normal(noise_source, mask_layout(x, mask_shape))
+    affine = (jnp.zeros((), jnp.float32), noise)
   return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
-                  mask_shape=x.shape, recompute=recompute, autodiff=autodiff)
+                  mask_shape=mask_shape, recompute=recompute, autodiff=autodiff, affine=affine)
 
 
 def drop_block(
@@ -128,6 +140,10 @@ def drop_block(
     block_size: int,
     *,
     spatial_axes: Sequence[int] = (1, 2),
+    couple_channels: bool = False,
+    batch_axis: int | None = 0,
+    scale_by_keep: bool | None = None,
+    with_noise: bool = False,
     deterministic: bool | ArrayLike = False,
     recompute: bool = True,
     autodiff: Literal["vjp", "jvp"] = "vjp",
@@ -136,7 +152,8 @@ def drop_block(
 
   Seeds are drawn at the centres whose block lies inside the map, each with probability
   :math:`\gamma`, and every seed drops the :math:`b \times b` block around it (a max-pool
-  of the seeds). Each example and channel gets its own blocks. A position :math:`p`
+  of the seeds). Each example and channel gets its own blocks, unless `couple_channels`
+  (timm's default) shares one spatial mask by all channels of an example. A position :math:`p`
   covered by :math:`n_p` possible centres is then kept with probability
   :math:`(1 - \gamma)^{n_p}`, and :math:`\gamma` is solved (in float32) so that the
   expected fraction of dropped units is `rate`:
@@ -154,7 +171,12 @@ def drop_block(
   per-position factor is unbiased everywhere, needs no reduction across the array, and so
   costs no collective on sharded arrays.) The derivative is the same mask and scale
   applied to the gradient. More or fewer spatial axes work too (a 1-D signal, a 3-D
-  volume), with blocks of :math:`b^k`.
+  volume), with blocks of :math:`b^k`. ``scale_by_keep=False`` keeps survivors unscaled,
+  and ``with_noise=True`` (timm's option) fills dropped units with :math:`\mathcal{N}(0, 1)`
+  noise from ``jax.random.fold_in(key, 1)`` instead of 0, survivors unscaled.
+
+  jaxdrop keeps ``couple_channels=False`` by default: independent blocks per channel is what
+  `drop_block` has always drawn, so existing masks for a key stay the same.
 
   The layout is not guessed: the default `spatial_axes` (1, 2) is NHWC (Flax, Haiku,
   Keras) and also the (C, H, W) of a single unbatched example (Equinox); NCHW input
@@ -168,6 +190,14 @@ def drop_block(
       drops every unit.
     block_size: the block's side, at least 1 and at most every spatial size.
     spatial_axes: the axes the blocks span (default (1, 2); (2, 3) for NCHW).
+    couple_channels: share one spatial mask by every channel of an example (every axis but
+      `batch_axis` and the spatial ones); default False, a mask per channel.
+    batch_axis: with `couple_channels`, the batch axis (default 0), or None for an
+      unbatched example.
+    scale_by_keep: scale survivors so that :math:`\mathbb{E}[y] = x` (the default, True
+      unless `with_noise`) or leave them as they are (False).
+    with_noise: fill dropped units with standard normal noise instead of 0 (survivors are
+      then unscaled, so ``scale_by_keep=True`` is an error).
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
     recompute, autodiff: as for `dropout`.
 
@@ -196,6 +226,21 @@ def drop_block(
     raise ValueError(f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
                      f"layout is built from them), got shape {x.shape}; under jax.export the "
                      "other axes may be symbolic")
+  with_noise = check.static_bool(with_noise, "with_noise")
+  if scale_by_keep is None:
+    scale_by_keep = not with_noise
+  scale_by_keep = check.static_bool(scale_by_keep, "scale_by_keep")
+  if with_noise and scale_by_keep:
+    raise ValueError("with_noise=True leaves survivors unscaled (the noise takes the dropped "
+                     "units' place); scale_by_keep=True cannot apply with it")
+  mask_shape = x.shape
+  if check.static_bool(couple_channels, "couple_channels"):
+    batch = () if batch_axis is None else check.axes(batch_axis, x.ndim, "batch_axis")
+    if len(batch) > 1 or set(batch) & set(axes):
+      raise ValueError(f"batch_axis must be one axis outside spatial_axes {axes}, or None, "
+                       f"got {batch_axis!r}")
+    mask_shape = tuple(size if axis in axes or axis in batch else 1
+                       for axis, size in enumerate(x.shape))
   key = checked_key(key)
   smallest = min(x.shape[axis] for axis in axes)
   if x.size == 0 and block_size >= 1:
@@ -209,6 +254,7 @@ def drop_block(
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("drop_block", key, rate, deterministic)
+  draw = _BlockDraw(int(block_size), axes, scale_by_keep)
   with forward_mode_hint("drop_block"):
-    return _drop_block(key, x, rate, deterministic, draw=_BlockDraw(int(block_size), axes),
-                       recompute=recompute, autodiff=autodiff)
+    return _drop_block(key, x, rate, deterministic, draw=draw, recompute=recompute,
+                       autodiff=autodiff, mask_shape=mask_shape, with_noise=with_noise)

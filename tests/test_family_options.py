@@ -2,7 +2,10 @@
 
 Cases ported (rewritten against jaxdrop) from:
   huggingface/pytorch-image-models tests/test_layers_drop.py  (drop_path scale_by_keep=False:
-                                                               kept values stay 1, eval is x)
+                                                               kept values stay 1, eval is x;
+                                                               drop_block couple_channels,
+                                                               with_noise, scale_by_keep,
+                                                               even and asymmetric blocks)
   pytorch/vision test/test_ops.py, TestStochasticDepth        (binomial counts of dropped
                                                                rows and batches; p = 0 and 1)
   keras-team/keras keras/src/layers/regularization/alpha_dropout_test.py  (partial noise_shape,
@@ -186,3 +189,76 @@ def test_gaussian_noise_zero_stddev_and_bad_input():
     jaxdrop.gaussian_noise(None, x, 0.1)
   with pytest.raises(TypeError, match="x must"):
     jaxdrop.gaussian_noise(jax.random.key(0), jnp.ones(3, jnp.int32), 0.1)
+
+
+# --- drop_block options: timm's drop_block_2d -----------------------------------------------------
+
+def test_drop_block_couple_channels_shares_the_spatial_mask():
+  x = jnp.ones((2, 16, 16, 4))                                # NHWC
+  coupled = jaxdrop.drop_block(jax.random.key(42), x, 0.3, 5, couple_channels=True)
+  for c in range(1, 4):
+    np.testing.assert_array_equal(coupled[..., c] == 0, coupled[..., 0] == 0)
+  assert not np.array_equal(coupled[0] == 0, coupled[1] == 0)  # examples still differ
+  independent = jaxdrop.drop_block(jax.random.key(42), x, 0.3, 5)
+  assert not np.array_equal(independent[..., 0] == 0, independent[..., 1] == 0)
+  nchw = jaxdrop.drop_block(jax.random.key(42), jnp.ones((2, 4, 16, 16)), 0.3, 5,
+                            spatial_axes=(2, 3), couple_channels=True)
+  np.testing.assert_array_equal(nchw[:, 1] == 0, nchw[:, 0] == 0)
+  single = jaxdrop.drop_block(jax.random.key(42), jnp.ones((4, 16, 16)), 0.3, 5,
+                              couple_channels=True, batch_axis=None)   # Equinox's (C, H, W)
+  np.testing.assert_array_equal(single[1] == 0, single[0] == 0)
+
+
+def test_drop_block_coupled_drops_the_rate():
+  y = jaxdrop.drop_block(jax.random.key(7), jnp.ones((64, 28, 28, 8)), 0.3, 5,
+                         couple_channels=True)
+  dropped = float(jnp.mean(y[..., 0] == 0))
+  # 64 maps of 784 units in blocks of 25: well under 0.02 standard deviation; 0.03 is timm's
+  # tolerance on its drop ratio.
+  assert abs(dropped - 0.3) < 0.03, dropped
+
+
+def test_drop_block_unscaled_keeps_ones_and_drops_the_rate():
+  y = jaxdrop.drop_block(jax.random.key(123), jnp.ones((32, 28, 28, 4)), 0.1, 7,
+                         scale_by_keep=False)
+  assert set(np.unique(np.asarray(y))) == {0.0, 1.0}
+  assert abs(float(jnp.mean(y == 0)) - 0.1) < 0.03            # timm's tolerance
+  scaled = jaxdrop.drop_block(jax.random.key(123), jnp.ones((32, 28, 28, 4)), 0.1, 7)
+  np.testing.assert_array_equal(scaled == 0, y == 0)          # the same blocks
+  assert float(scaled[scaled > 0].min()) > 1.0
+
+
+def test_drop_block_with_noise_fills_dropped_units_with_standard_normals():
+  x = jnp.full((8, 16, 16, 3), 5.0)
+  key = jax.random.key(42)
+  y = jaxdrop.drop_block(key, x, 0.3, 5, with_noise=True)
+  dropped = np.asarray(jaxdrop.drop_block(key, x, 0.3, 5) == 0)
+  np.testing.assert_array_equal(y[~dropped], 5.0)             # survivors unscaled
+  noise = np.asarray(y)[dropped]
+  assert len(np.unique(noise)) > 0.99 * noise.size
+  n = noise.size
+  assert abs(noise.mean()) < 4 / np.sqrt(n) and abs(noise.std() - 1) < 4 / np.sqrt(2 * n)
+  g = jax.random.normal(jax.random.key(1), x.shape)
+  _, vjp = jax.vjp(lambda x: jaxdrop.drop_block(key, x, 0.3, 5, with_noise=True), x)
+  np.testing.assert_array_equal(vjp(g)[0], jnp.where(dropped, 0, g))
+  assert sum(leaf.nbytes for leaf in jax.tree.leaves(vjp)) < 64     # the noise is not kept
+  with pytest.raises(ValueError, match="with_noise=True leaves survivors unscaled"):
+    jaxdrop.drop_block(key, x, 0.3, 5, with_noise=True, scale_by_keep=True)
+
+
+@pytest.mark.parametrize("shape, block", [((2, 16, 16, 3), 2), ((2, 16, 16, 3), 4),
+                                          ((2, 16, 16, 3), 6), ((2, 8, 16, 3), 5),
+                                          ((2, 16, 8, 3), 5), ((2, 7, 14, 3), 5)])
+def test_drop_block_even_blocks_and_asymmetric_maps(shape, block):
+  y = jaxdrop.drop_block(jax.random.key(0), jnp.ones(shape), 0.1, block, couple_channels=True)
+  assert y.shape == shape
+  np.testing.assert_array_equal(jaxdrop.drop_block(jax.random.key(0), jnp.ones(shape), 0.0,
+                                                   block), 1.0)
+
+
+def test_drop_block_option_errors():
+  x = jnp.ones((2, 8, 8, 3))
+  with pytest.raises(ValueError, match="batch_axis must be one axis outside spatial_axes"):
+    jaxdrop.drop_block(jax.random.key(0), x, 0.3, 3, couple_channels=True, batch_axis=1)
+  with pytest.raises(TypeError, match="couple_channels"):
+    jaxdrop.drop_block(jax.random.key(0), x, 0.3, 3, couple_channels="yes")
