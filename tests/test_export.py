@@ -14,13 +14,22 @@ from helpers import MEMBERS
 KEY = jax.random.key(0)
 # Symbolic batch and sequence sizes; drop_block's spatial axes (1, 2) must be concrete (see the
 # test after the first).
-SPECS = {name: "b, 6, 6, 3" if name == "drop_block" else "b, t, 6, 3" for name in MEMBERS}
+# The members that are not f(key, x, rate), as such functions.
+EXPORTED = dict(MEMBERS, **{
+    "gaussian_noise": jaxdrop.gaussian_noise,
+    "zoneout": lambda k, x, r: jaxdrop.zoneout(k, -x, x, r),
+    "stochastic_depth": lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.tanh, x),
+    "drop_block coupled, with noise": lambda k, x, r: jaxdrop.drop_block(
+        k, x, r, 3, couple_channels=True, with_noise=True),
+})
+SPECS = {name: "b, 6, 6, 3" if name.startswith("drop_block") else "b, t, 6, 3"
+         for name in EXPORTED}
 
 
-@pytest.mark.parametrize("name", MEMBERS)
+@pytest.mark.parametrize("name", EXPORTED)
 def test_member_exports_with_symbolic_sizes_and_matches_the_concrete_call(name):
   spec = SPECS[name]
-  f = lambda k, x: MEMBERS[name](k, x, 0.3)
+  f = lambda k, x: EXPORTED[name](k, x, 0.3)
   args = (KEY, jax.ShapeDtypeStruct(export.symbolic_shape(spec), jnp.float32))
   exported = export.export(jax.jit(f))(*args)
   reloaded = export.deserialize(exported.serialize(vjp_order=1))
