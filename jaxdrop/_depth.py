@@ -30,6 +30,12 @@ def _scaled(tree, scale):
   return jax.tree.map(leaf, tree)
 
 
+def _zeros(out: jax.ShapeDtypeStruct) -> jax.Array:
+  """Zeros of the branch's output type, its sharding on a mesh with explicit axes included
+  (`lax.cond` needs both sides' types equal)."""
+  return jnp.zeros(out.shape, out.dtype, out_sharding=out.sharding)
+
+
 def stochastic_depth(
     key: jax.Array | None,
     rate: ArrayLike,
@@ -119,5 +125,5 @@ def stochastic_depth(
   return jax.lax.cond(
       keep,
       lambda operands: _scaled(branch(*operands), mult),
-      lambda operands: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
+      lambda operands: jax.tree.map(_zeros, out_shape),
       (x, *args))

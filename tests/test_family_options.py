@@ -242,6 +242,12 @@ def test_drop_block_with_noise_fills_dropped_units_with_standard_normals():
   _, vjp = jax.vjp(lambda x: jaxdrop.drop_block(key, x, 0.3, 5, with_noise=True), x)
   np.testing.assert_array_equal(vjp(g)[0], jnp.where(dropped, 0, g))
   assert sum(leaf.nbytes for leaf in jax.tree.leaves(vjp)) < 64     # the noise is not kept
+  for recompute in (True, False):                             # both registrations agree
+    jvp_y, jvp_t = jax.jvp(lambda x: jaxdrop.drop_block(key, x, 0.3, 5, with_noise=True,
+                                                        recompute=recompute, autodiff="jvp"),
+                           (x,), (g,))
+    np.testing.assert_array_equal(jvp_y, y)
+    np.testing.assert_array_equal(jvp_t, jnp.where(dropped, 0, g))
   with pytest.raises(ValueError, match="with_noise=True leaves survivors unscaled"):
     jaxdrop.drop_block(key, x, 0.3, 5, with_noise=True, scale_by_keep=True)
 
