@@ -19,8 +19,6 @@ EXPORTED = dict(MEMBERS, **{
     "gaussian_noise": jaxdrop.gaussian_noise,
     "zoneout": lambda k, x, r: jaxdrop.zoneout(k, -x, x, r),
     "stochastic_depth": lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.tanh, x),
-    "drop_block coupled, with noise": lambda k, x, r: jaxdrop.drop_block(
-        k, x, r, 3, couple_channels=True, with_noise=True),
 })
 SPECS = {name: "b, 6, 6, 3" if name.startswith("drop_block") else "b, t, 6, 3"
          for name in EXPORTED}
