@@ -19,13 +19,16 @@ from jax.typing import ArrayLike
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
 from ._dropout import check_common, checked_key, nan_unless, require_key
-from ._keys import mask_words
+from ._keys import mask_words, threefry2x32
 from ._mask import MaskSource, drop_threshold, keep_mask, mask_layout, standard_normal
 
 # Newton's method from 0 on a convex decreasing function never overshoots; at most 9 steps
 # reached float64's fixed point in every case tried (rates 1e-9 to 1 - 2**-24, maps 7 to
 # 224 wide, blocks 1 to 7, one to three spatial axes); float32 needs fewer.
 _NEWTON_STEPS = 16
+
+# Counters hashing the mask words into the noise words of `with_noise` ("nois", "e" in ASCII).
+_NOISE_DOMAIN = (np.uint32(0x6E6F6973), np.uint32(0x65))
 
 
 def _coverage(size: int, block: int, xp=np):
@@ -124,9 +127,11 @@ def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff, mask_
   any_kept = (rate < 1) | deterministic | ~valid
   affine = None
   if with_noise:
-    # N(0, 1) where blocks are dropped, from a key of its own: the seeds' bits would make the
-    # noise at a seed's centre low. It does not depend on x, so it needs no derivative.
-    noise_source = MaskSource(mask_words(jax.random.fold_in(key, 1)))
+    # N(0, 1) where blocks are dropped, from words of its own (the seeds' bits would make the
+    # noise at a seed's centre low), hashed from the mask words with Threefry like every key.
+    # It does not depend on x, so it needs no derivative.
+    words = mask_words(key)
+    noise_source = MaskSource(jnp.stack(threefry2x32(words[0], words[1], *_NOISE_DOMAIN)))
     noise = standard_normal(noise_source, mask_layout(x, mask_shape))
     affine = (jnp.zeros((), jnp.float32), noise)
   return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
@@ -173,7 +178,8 @@ def drop_block(
   applied to the gradient. More or fewer spatial axes work too (a 1-D signal, a 3-D
   volume), with blocks of :math:`b^k`. ``scale_by_keep=False`` keeps survivors unscaled,
   and ``with_noise=True`` (timm's option) fills dropped units with :math:`\mathcal{N}(0, 1)`
-  noise from ``jax.random.fold_in(key, 1)`` instead of 0, survivors unscaled.
+  noise (from words hashed out of the key's mask words with Threefry) instead of 0, survivors
+  unscaled.
 
   jaxdrop keeps ``couple_channels=False`` by default: independent blocks per channel is what
   `drop_block` has always drawn, so existing masks for a key stay the same.
@@ -234,8 +240,8 @@ def drop_block(
     raise ValueError("with_noise=True leaves survivors unscaled (the noise takes the dropped "
                      "units' place); scale_by_keep=True cannot apply with it")
   mask_shape = x.shape
+  batch = () if batch_axis is None else check.axes(batch_axis, x.ndim, "batch_axis")
   if check.static_bool(couple_channels, "couple_channels"):
-    batch = () if batch_axis is None else check.axes(batch_axis, x.ndim, "batch_axis")
     if len(batch) > 1 or set(batch) & set(axes):
       raise ValueError(f"batch_axis must be one axis outside spatial_axes {axes}, or None, "
                        f"got {batch_axis!r}")

@@ -13,19 +13,21 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import bernoulli_scalars, checked_key, require_key
+from ._dropout import bernoulli_scalars, checked_key, compute_dtype, require_key
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 from ._structured import drop_path
 
 
 def _scaled(tree, scale):
-  """Each floating leaf times `scale`, computed in float32 at least and cast back once."""
+  """Each floating leaf times `scale`, computed in float32 (float64 for float64) and cast
+  back once."""
   def leaf(v):
-    work = jnp.promote_types(v.dtype, jnp.float32)
+    work = compute_dtype(v.dtype)
     return (v.astype(work) * scale.astype(work)).astype(v.dtype)
   return jax.tree.map(leaf, tree)
 
@@ -46,6 +48,7 @@ def stochastic_depth(
     batch_axis: int = 0,
     scale_by_keep: bool = True,
     deterministic: bool | ArrayLike = False,
+    shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> Any:
   r"""Stochastic depth and LayerDrop that skip a dropped branch's computation.
 
@@ -68,7 +71,11 @@ def stochastic_depth(
   where it is dropped.
 
   Under `jax.vmap` with a batched key or rate, `lax.cond` becomes a select and both sides are
-  computed: keep the key unbatched (one decision per call) to save the work.
+  computed (and on a mesh with explicit axes JAX cannot batch it): keep the key unbatched, one
+  decision per call, to save the work. Call it inside a jitted function: outside `jit` each
+  call traces the branch again. The derivative is the branch's own, not the family's
+  mask-based rule, so `recompute` and `autodiff` do not apply; `x` and `args` may hold
+  anything `branch` takes (arrays, numbers, strings).
 
   Args:
     key: a PRNG key, as for `dropout`.
@@ -81,6 +88,8 @@ def stochastic_depth(
     batch_axis: for ``mode="row"``, the batch axis of the branch's output.
     scale_by_keep: scale a kept branch by 1/keep (True, the default) or not.
     deterministic: if True, returns ``branch(x, *args)``; may be a traced boolean.
+    shard_spec: for ``mode="row"`` inside `jax.shard_map`, as for `drop_path`. (The batch
+      decision is one value for the whole global batch, the same in every block.)
 
   Returns:
     The branch's output (a pytree for ``mode="batch"``), scaled, or zeros of its shape.
@@ -103,6 +112,8 @@ def stochastic_depth(
     raise TypeError(f"branch must be a callable, called as branch(x, *args), got {branch!r}")
   rate_value = check.probability(rate, "rate")
   mode = check.choice(mode, ("batch", "row"), "mode")
+  if isinstance(batch_axis, (bool, np.bool_)) or not isinstance(batch_axis, (int, np.integer)):
+    raise TypeError(f"batch_axis must be an integer axis, got {batch_axis!r}")
   scale_by_keep = check.static_bool(scale_by_keep, "scale_by_keep")
   deterministic = check.flag(deterministic, "deterministic")
   key = checked_key(key)
@@ -111,19 +122,18 @@ def stochastic_depth(
   key = require_key("stochastic_depth", key, rate, deterministic)
   if mode == "row":
     return drop_path(key, branch(x, *args), rate, batch_axis=batch_axis,
-                     scale_by_keep=scale_by_keep, deterministic=deterministic)
+                     scale_by_keep=scale_by_keep, deterministic=deterministic,
+                     shard_spec=shard_spec)
   (t, any_kept, mult), _ = bernoulli_scalars(
       drop_threshold(rate), jnp.asarray(deterministic),
       "inverted" if scale_by_keep else "unscaled")
   # drop_path's mode="batch" mask: one element, shared by every axis.
   keep = keep_mask(MaskSource(mask_words(key)), MaskLayout((1,)), t, any_kept)[0]
-  out_shape = jax.eval_shape(branch, x, *args)
+  call = lambda: branch(x, *args)  # closed over: args need not be arrays
+  out_shape = jax.eval_shape(call)
   for leaf in jax.tree.leaves(out_shape):
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
       raise TypeError(f"branch must return floating arrays, got a leaf of dtype "
                       f"{jnp.dtype(leaf.dtype).name}")
-  return jax.lax.cond(
-      keep,
-      lambda operands: _scaled(branch(*operands), mult),
-      lambda operands: jax.tree.map(_zeros, out_shape),
-      (x, *args))
+  return jax.lax.cond(keep, lambda: _scaled(call(), mult),
+                      lambda: jax.tree.map(_zeros, out_shape))

@@ -25,9 +25,10 @@ from ._keys import mask_words
 from ._mask import MaskSource, bernoulli, drop_threshold, keep_mask
 
 
-def _previous(source, layout, t, any_kept, deterministic, mult):
-  """The complement of `bernoulli`'s draw: the units dropout would drop (all when testing)."""
-  return deterministic | ~keep_mask(source, layout, t, any_kept), mult
+def _previous(source, layout, t, any_kept, testing, mult):
+  """The complement of `bernoulli`'s draw: the units dropout would drop (while testing, all
+  of them where the previous state has a weight, none at rate 0)."""
+  return testing | ~keep_mask(source, layout, t, any_kept), mult
 
 
 def _weights(threshold, deterministic):
@@ -38,11 +39,24 @@ def _weights(threshold, deterministic):
   return (jnp.where(deterministic, keep, one) + nan, jnp.where(deterministic, drop, one) + nan)
 
 
+def _both(h_prev, h_new, threshold, deterministic, combine):
+  """`combine(h_prev, h_new)` in float32 (float64 for float64 input), cast back once: the
+  expectation's two weighted terms are summed before they are rounded to half precision."""
+  work = compute_dtype(h_new.dtype)
+  out = combine(h_prev.astype(work), h_new.astype(work), _weights(threshold, deterministic))
+  return out.astype(h_new.dtype)
+
+
 @jax.jit
 def _expectation(h_prev, h_new, threshold):
-  """What a traced ``deterministic=True`` computes, with the same operations."""
-  new, prev = _weights(threshold, jnp.bool_(True))
-  return apply_noise(None, new, h_new) + apply_noise(None, prev, h_prev)
+  """What a traced ``deterministic=True`` computes, with the same operations: each input
+  times its weight, a weight of 0 giving exact zeros (rate 1 ignores an infinite h_new, as
+  training does)."""
+  def combine(h_prev, h_new, weights):
+    new, prev = weights
+    return (apply_noise(threshold.any_kept, new, h_new)
+            + apply_noise(threshold.t > 0, prev, h_prev))
+  return _both(h_prev, h_new, threshold, jnp.bool_(True), combine)
 
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
@@ -51,16 +65,21 @@ def _zoneout(key, h_prev, h_new, threshold, deterministic, *, recompute, autodif
       shard_spec, h_new.shape, ())
   source = MaskSource(mask_words(key), offsets)
   # Updated units: dropout's keep mask on h_new (unscaled); units keeping their value: its
-  # complement on h_prev. When testing, every unit of both, weighted.
-  new_mult, prev_mult = _weights(threshold, deterministic)
+  # complement on h_prev. When testing, every unit of both, weighted, except an input whose
+  # weight is 0 (it gives exact zeros, as its mask does while training).
   testing_or_invalid = deterministic | ~threshold.valid
   t = jnp.where(testing_or_invalid, jnp.uint32(0), threshold.t)
-  new_params = (t, threshold.any_kept | testing_or_invalid, new_mult)
-  prev_params = (threshold.t, threshold.any_kept, testing_or_invalid, prev_mult)
   op = functools.partial(noise_op, mask_shape=h_new.shape, recompute=recompute,
                          autodiff=autodiff, global_shape=global_shape)
-  return (op(source, h_new, new_params, draw=bernoulli)
-          + op(source, h_prev, prev_params, draw=_previous))
+
+  def combine(h_prev, h_new, weights):
+    new_mult, prev_mult = weights
+    new_params = (t, threshold.any_kept | ~threshold.valid, new_mult)
+    prev_testing = (deterministic & (threshold.t > 0)) | ~threshold.valid
+    prev_params = (threshold.t, threshold.any_kept, prev_testing, prev_mult)
+    return (op(source, h_new, new_params, draw=bernoulli)
+            + op(source, h_prev, prev_params, draw=_previous))
+  return _both(h_prev, h_new, threshold, deterministic, combine)
 
 
 def zoneout(
@@ -85,7 +104,8 @@ def zoneout(
 
   and when `deterministic`, the expectation
   :math:`h = \text{rate}\, h^{\text{prev}} + (1 - \text{rate})\, h^{\text{new}}`.
-  While training every unit is exactly one of its two inputs. The derivative follows the
+  While training every unit is exactly one of its two inputs; the expectation is computed in
+  float32 (float64 for float64 input) and rounded once. The derivative follows the
   mask: :math:`\partial h^{\text{new}} = g\, m` and :math:`\partial h^{\text{prev}} = g\,
   (1 - m)` (and the expectation's weights when `deterministic`), so gradients flow through
   time along the kept units. Use it on the state update of a cell inside `jax.lax.scan`,
@@ -98,7 +118,9 @@ def zoneout(
     rate: the probability that a unit KEEPS ITS PREVIOUS value (is zoned out), in [0, 1];
       may be traced.
     deterministic: if True, returns the expectation above; may be a traced boolean.
-    recompute, autodiff, shard_spec: as for `dropout`.
+    recompute: True (the default) keeps only the key for the backward pass; False keeps the
+      two masks, 2 bytes per element.
+    autodiff, shard_spec: as for `dropout`.
 
   Returns:
     An array with the shape and dtype of `h_new`.

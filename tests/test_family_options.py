@@ -141,7 +141,7 @@ def test_gaussian_noise_dtypes(dtype):
     y = jaxdrop.gaussian_noise(jax.random.key(0), x, 0.1)
     assert y.dtype == dtype
     expected = (x.astype(jnp.float32) + 0.1 * jaxdrop.gaussian_noise(
-        jax.random.key(0), jnp.zeros((8, 8)), 1.0)).astype(dtype)
+        jax.random.key(0), jnp.zeros((8, 8), jnp.float32), 1.0)).astype(dtype)
     np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(expected, np.float64),
                                rtol=1e-6)
 
@@ -257,10 +257,13 @@ def test_drop_block_with_noise_fills_dropped_units_with_standard_normals():
                                           ((2, 16, 16, 3), 6), ((2, 8, 16, 3), 5),
                                           ((2, 16, 8, 3), 5), ((2, 7, 14, 3), 5)])
 def test_drop_block_even_blocks_and_asymmetric_maps(shape, block):
-  y = jaxdrop.drop_block(jax.random.key(0), jnp.ones(shape), 0.1, block, couple_channels=True)
+  x = jax.random.normal(jax.random.key(1), shape)
+  y = jaxdrop.drop_block(jax.random.key(0), x, 0.5, block, couple_channels=True)
   assert y.shape == shape
-  np.testing.assert_array_equal(jaxdrop.drop_block(jax.random.key(0), jnp.ones(shape), 0.0,
-                                                   block), 1.0)
+  # Coupled channels draw the mask of a one-channel map, shared by every channel.
+  one = jaxdrop.drop_block(jax.random.key(0), jnp.ones(shape[:-1] + (1,)), 0.5, block)
+  np.testing.assert_allclose(y, x * one, rtol=1e-6)
+  assert 0 < float(jnp.mean(one == 0)) < 1
 
 
 def test_drop_block_option_errors():
@@ -269,3 +272,5 @@ def test_drop_block_option_errors():
     jaxdrop.drop_block(jax.random.key(0), x, 0.3, 3, couple_channels=True, batch_axis=1)
   with pytest.raises(TypeError, match="couple_channels"):
     jaxdrop.drop_block(jax.random.key(0), x, 0.3, 3, couple_channels="yes")
+  with pytest.raises(TypeError, match="batch_axis"):          # checked even where unused
+    jaxdrop.drop_block(jax.random.key(0), x, 0.3, 3, batch_axis="zzz")

@@ -139,6 +139,14 @@ def test_pytree_output_and_row_mode():
                                 jaxdrop.drop_path(KEYS[0], block(X, W), 0.5))
 
 
+def test_arguments_need_not_be_arrays():
+  heads = lambda h, n, name: getattr(jnp, name)(h.reshape(h.shape[0], n, -1).sum(-1))
+  for key in KEYS[:4]:
+    y = jax.jit(lambda k: jaxdrop.stochastic_depth(k, 0.5, heads, X, 2, "tanh"))(key)
+    expected = heads(X, 2, "tanh") * 2 if _kept(key, 0.5) else jnp.zeros((4, 2))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input_is_named():
   with pytest.raises(TypeError, match="branch must be a callable"):
     jaxdrop.stochastic_depth(KEYS[0], 0.5, X, W)
@@ -150,3 +158,5 @@ def test_bad_input_is_named():
     jaxdrop.stochastic_depth(None, 0.5, block, X, W)
   with pytest.raises(ValueError, match="rate must be in"):
     jaxdrop.stochastic_depth(KEYS[0], -0.1, block, X, W)
+  with pytest.raises(TypeError, match="batch_axis must be an integer axis"):
+    jaxdrop.stochastic_depth(KEYS[0], 0.5, block, X, W, batch_axis="x")

@@ -72,6 +72,34 @@ def test_deterministic_is_the_expectation_concrete_or_traced():
   np.testing.assert_allclose(grads[1], 0.75)
 
 
+def test_expectation_is_rounded_once_and_ignores_an_input_of_weight_zero():
+  v = jnp.array([1.4453125], jnp.bfloat16)                    # 0.3 v + 0.7 v rounded twice
+  np.testing.assert_array_equal(jaxdrop.zoneout(None, v, v, 0.3, deterministic=True), v)
+  h_prev = H_PREV.astype(jnp.bfloat16)
+  h_new = H_NEW.astype(jnp.bfloat16)
+  # The realised weights (the rate's 32-bit threshold), read off float32 calls.
+  w_prev = jaxdrop.zoneout(None, jnp.ones(()), jnp.zeros(()), 0.3, deterministic=True)
+  w_new = jaxdrop.zoneout(None, jnp.zeros(()), jnp.ones(()), 0.3, deterministic=True)
+  once = (w_prev * h_prev.astype(jnp.float32)
+          + w_new * h_new.astype(jnp.float32)).astype(jnp.bfloat16)
+  traced = jax.jit(lambda d: jaxdrop.zoneout(KEY, h_prev, h_new, 0.3, deterministic=d))
+  concrete = jaxdrop.zoneout(None, h_prev, h_new, 0.3, deterministic=True)
+  np.testing.assert_array_equal(traced(True), concrete)       # the same operations
+  # Against the float32 sum rounded once: XLA may fuse the sum into a multiply-add, so a
+  # value at a rounding tie may land one bfloat16 step away (3 in 2048 here); rounding each
+  # term first would miss by up to two steps on a third of the values.
+  np.testing.assert_allclose(np.asarray(concrete, np.float32), np.asarray(once, np.float32),
+                             rtol=2**-7, atol=1e-7)
+  assert float(jnp.mean(concrete == once)) > 0.99
+  inf = jnp.array([jnp.inf, 3.0])
+  finite = jnp.array([1.0, 2.0])
+  np.testing.assert_array_equal(jaxdrop.zoneout(None, finite, inf, 1.0, deterministic=True),
+                                finite)                        # rate 1: h_new has weight 0
+  at_rate = jax.jit(lambda r: jaxdrop.zoneout(KEY, inf, finite, r, deterministic=True))
+  np.testing.assert_array_equal(at_rate(0.0), finite)          # rate 0: h_prev has weight 0
+  np.testing.assert_array_equal(at_rate(1.0), inf)
+
+
 def test_rates_zero_and_one_and_traced_rates():
   assert jaxdrop.zoneout(None, H_PREV, H_NEW, 0.0) is H_NEW
   np.testing.assert_array_equal(jaxdrop.zoneout(KEY, H_PREV, H_NEW, 1.0), H_PREV)

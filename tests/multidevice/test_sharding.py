@@ -28,7 +28,9 @@ MEMBERS["alpha_dropout shared over a sharded axis"] = (
     lambda k, x, r: jaxdrop.alpha_dropout(k, x, r, broadcast_dims=(0, 3)))
 MEMBERS["drop_path unscaled"] = lambda k, x, r: jaxdrop.drop_path(k, x, r, scale_by_keep=False)
 MEMBERS["gaussian_noise"] = jaxdrop.gaussian_noise           # the rate serves as stddev
-MEMBERS["stochastic_depth"] = lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.sin, x)
+MEMBERS["stochastic_depth, dropped"] = lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.sin, x)
+MEMBERS["stochastic_depth, kept"] = lambda k, x, r: jaxdrop.stochastic_depth(  # KEY keeps it
+    jax.random.fold_in(k, 0), r, jnp.sin, x)
 MEMBERS["drop_block coupled, with noise"] = lambda k, x, r: jaxdrop.drop_block(
     k, x, r, 3, couple_channels=True, with_noise=True)
 MEMBERS["zoneout"] = lambda k, x, r, **kw: jaxdrop.zoneout(k, -2 * x, x, r, **kw)
