@@ -17,19 +17,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import bernoulli_scalars, checked_key, compute_dtype, require_key
+from ._core import apply_noise
+from ._dropout import bernoulli_scalars, checked_key, require_key
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 from ._structured import drop_path
-
-
-def _scaled(tree, scale):
-  """Each floating leaf times `scale`, computed in float32 (float64 for float64) and cast
-  back once."""
-  def leaf(v):
-    work = compute_dtype(v.dtype)
-    return (v.astype(work) * scale.astype(work)).astype(v.dtype)
-  return jax.tree.map(leaf, tree)
 
 
 def _zeros(out: jax.ShapeDtypeStruct) -> jax.Array:
@@ -135,5 +127,6 @@ def stochastic_depth(
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
       raise TypeError(f"branch must return floating arrays, got a leaf of dtype "
                       f"{jnp.dtype(leaf.dtype).name}")
-  return jax.lax.cond(keep, lambda: _scaled(call(), mult),
+  # Each leaf times the scale in float32 at least, cast back once, as the family scales.
+  return jax.lax.cond(keep, lambda: jax.tree.map(lambda v: apply_noise(None, mult, v), call()),
                       lambda: jax.tree.map(_zeros, out_shape))

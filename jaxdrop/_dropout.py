@@ -97,15 +97,24 @@ def block_position(shard_spec, shape, shared_axes):
   return tuple(offsets), tuple(global_shape)
 
 
+def mask_source(key, shape, shard_spec, shared_axes=()):
+  """The `MaskSource` of `key` for an array of `shape`, and the global mask shape: inside
+  `shard_map` (a `shard_spec`) the block's offsets and the whole array's mask shape, else
+  none."""
+  if shard_spec is None:
+    return MaskSource(mask_words(key)), None
+  offsets, global_shape = block_position(shard_spec, shape, shared_axes)
+  return MaskSource(mask_words(key), offsets), global_shape
+
+
 @functools.partial(jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff",
                                              "shard_spec"))
 def _bernoulli_dropout(key, x, threshold, deterministic, *, shared_axes, kind, recompute, autodiff,
                        shard_spec):
   params, affine = bernoulli_scalars(threshold, deterministic, kind)
-  offsets, global_shape = (None, None) if shard_spec is None else block_position(
-      shard_spec, x.shape, shared_axes)
+  source, global_shape = mask_source(key, x.shape, shard_spec, shared_axes)
   return noise_op(
-      MaskSource(mask_words(key), offsets), x, params, draw=bernoulli, affine=affine,
+      source, x, params, draw=bernoulli, affine=affine,
       mask_shape=check.mask_shape(x.shape, shared_axes), recompute=recompute, autodiff=autodiff,
       global_shape=global_shape)
 
@@ -130,12 +139,13 @@ def checked_key(key) -> jax.Array | None:
   return None if key is None else as_typed_key(key, name="key", wrap=False)
 
 
-def require_key(name: str, key, rate, deterministic) -> jax.Array:
+def require_key(name: str, key, rate, deterministic, rate_name: str = "rate") -> jax.Array:
   """A key from `checked_key`, which must not be None here."""
   if key is None:
     raise TypeError(
         f"{name} needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
-        f"rate is a concrete 0, got key=None with rate={rate!r}, deterministic={deterministic!r}")
+        f"{rate_name} is a concrete 0, got key=None with {rate_name}={rate!r}, "
+        f"deterministic={deterministic!r}")
   return key
 
 

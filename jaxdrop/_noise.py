@@ -17,10 +17,9 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import (block_position, check_common, checked_key, compute_dtype, nan_unless,
+from ._dropout import (check_common, checked_key, compute_dtype, mask_source, nan_unless,
                        require_key)
-from ._keys import mask_words
-from ._mask import MaskSource, mask_layout, standard_normal
+from ._mask import mask_layout, standard_normal
 
 
 def _gaussian_draw(source, layout, sigma, any_kept):
@@ -47,9 +46,8 @@ def _gaussian_sigma(rate, dtype):
 def _gaussian(key, x, sigma, any_kept, valid, deterministic, *, recompute, autodiff, shard_spec):
   # A traced rate outside [0, 1] keeps every unit with NaN noise while training: a loud output.
   sigma = jnp.where(deterministic, 0, sigma + nan_unless(valid, jnp.float32)).astype(jnp.float32)
-  offsets, global_shape = (None, None) if shard_spec is None else block_position(
-      shard_spec, x.shape, ())
-  return noise_op(MaskSource(mask_words(key), offsets), x, (sigma, any_kept | deterministic | ~valid),
+  source, global_shape = mask_source(key, x.shape, shard_spec)
+  return noise_op(source, x, (sigma, any_kept | deterministic | ~valid),
                   draw=_gaussian_draw, mask_shape=x.shape, recompute=recompute, autodiff=autodiff,
                   global_shape=global_shape)
 
@@ -114,15 +112,14 @@ def gaussian_dropout(
 
 @functools.partial(jax.jit, static_argnames=("shard_spec",))
 def _gaussian_noise(key, x, stddev, valid, deterministic, *, shard_spec):
-  offsets, global_shape = (None, None) if shard_spec is None else block_position(
-      shard_spec, x.shape, ())
+  source, global_shape = mask_source(key, x.shape, shard_spec)
   layout = mask_layout(x, x.shape)._replace(global_shape=global_shape)
   work = compute_dtype(x.dtype)
   # The noise does not depend on x, so the sum keeps nothing for the backward pass; stddev
   # gets no gradient, as the rates do not. A traced stddev < 0 or NaN makes the output NaN.
   sigma = jax.lax.stop_gradient(jnp.asarray(stddev, work)) + nan_unless(valid, work)
   sigma = jnp.where(deterministic, jnp.zeros((), work), sigma)
-  noise = standard_normal(MaskSource(mask_words(key), offsets), layout).astype(work)
+  noise = standard_normal(source, layout).astype(work)
   return (x.astype(work) + sigma * noise).astype(x.dtype)
 
 
@@ -175,9 +172,6 @@ def gaussian_noise(
   key = checked_key(key)
   if deterministic is True or stddev_value == 0.0:
     return x
-  if key is None:
-    raise TypeError(f"gaussian_noise needs a PRNG key (e.g. jax.random.key(0)) unless "
-                    f"deterministic=True or stddev is a concrete 0, got key=None with "
-                    f"stddev={stddev!r}, deterministic={deterministic!r}")
+  key = require_key("gaussian_noise", key, stddev, deterministic, rate_name="stddev")
   valid = True if stddev_value is not None else (stddev >= 0) & (stddev < jnp.inf)
   return _gaussian_noise(key, x, stddev, valid, deterministic, shard_spec=shard_spec)

@@ -19,10 +19,9 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import apply_noise, forward_mode_hint, noise_op
-from ._dropout import (AUTODIFF_MODES, block_position, checked_key, compute_dtype, nan_unless,
+from ._dropout import (AUTODIFF_MODES, checked_key, compute_dtype, mask_source, nan_unless,
                        require_key)
-from ._keys import mask_words
-from ._mask import MaskSource, bernoulli, drop_threshold, keep_mask
+from ._mask import bernoulli, drop_threshold, keep_mask
 
 
 def _previous(source, layout, t, any_kept, testing, mult):
@@ -61,9 +60,7 @@ def _expectation(h_prev, h_new, threshold):
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
 def _zoneout(key, h_prev, h_new, threshold, deterministic, *, recompute, autodiff, shard_spec):
-  offsets, global_shape = (None, None) if shard_spec is None else block_position(
-      shard_spec, h_new.shape, ())
-  source = MaskSource(mask_words(key), offsets)
+  source, global_shape = mask_source(key, h_new.shape, shard_spec)
   # Updated units: dropout's keep mask on h_new (unscaled); units keeping their value: its
   # complement on h_prev. When testing, every unit of both, weighted, except an input whose
   # weight is 0 (it gives exact zeros, as its mask does while training).

@@ -44,9 +44,11 @@ __all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "
 Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
-def _check_rate(rate) -> None:
-  """Checks a constructor's rate (the value of an ``nnx.Variable``), where it is concrete."""
-  check.probability(rate[...] if isinstance(rate, nnx.Variable) else rate, "rate")
+def _rate_value(rate):
+  """The rate (the value of an ``nnx.Variable`` holding it), checked where it is concrete;
+  returns ``(rate, its float or None when traced)``."""
+  rate = rate[...] if isinstance(rate, nnx.Variable) else rate
+  return rate, check.probability(rate, "rate")
 
 
 def _own_stream(rngs, collection: str):
@@ -75,8 +77,7 @@ def _run(module, inputs, deterministic, rngs, function, **options):
                      "to its constructor or call, or switch the model with model.train() / "
                      "model.eval() or nnx.view(model, deterministic=...)")
   deterministic = check.flag(deterministic, "deterministic")
-  rate = module.rate[...] if isinstance(module.rate, nnx.Variable) else module.rate
-  rate_value = check.probability(rate, "rate")
+  rate, rate_value = _rate_value(module.rate)
   if deterministic is True or rate_value == 0.0:
     return inputs
   if deterministic is False and rate_value == 1.0:
@@ -130,7 +131,7 @@ class Dropout(nnx.Dropout):
   def __init__(self, rate: float, *, broadcast_dims: Sequence[int] = (),
                deterministic: bool | None = False, rng_collection: str = "dropout",
                rngs: nnx.Rngs | nnx.RngStream | None = None):
-    _check_rate(rate)
+    _rate_value(rate)
     super().__init__(rate, broadcast_dims=broadcast_dims, deterministic=deterministic,
                      rng_collection=rng_collection, rngs=rngs)
 
@@ -150,7 +151,7 @@ class _Member(nnx.Module):
 
   def __init__(self, rate: float, *, deterministic: bool | None = False,
                rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
-    _check_rate(rate)
+    _rate_value(rate)
     self.rate = rate
     self.deterministic = deterministic
     self.rng_collection = rng_collection
