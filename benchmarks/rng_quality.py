@@ -104,8 +104,9 @@ def _derived_keys(stream, key, i):
 
 def write(stream: str, generator: str, gigabytes: float | None, seed: int) -> None:
   """Writes the stream's raw bytes to stdout until `gigabytes` (or forever, or a closed pipe)."""
-  draw = jax.jit({"jaxdrop": jaxdrop_block, "threefry": threefry_block}[generator],
-                 static_argnums=0)
+  draw = jax.jit(
+    {"jaxdrop": jaxdrop_block, "threefry": threefry_block}[generator], static_argnums=0
+  )
   key = jax.random.key(seed)
   out, written, i = sys.stdout.buffer, 0, 0
   limit = None if gigabytes is None else gigabytes * 2**30
@@ -118,8 +119,9 @@ def write(stream: str, generator: str, gigabytes: float | None, seed: int) -> No
     pass
 
 
-_FLAG = re.compile(r"R=\s*([-+0-9.]+)\s+p\s*=\s*(\S+(?: \S+)?)\s+(FAIL.*|.*suspicious|unusual)\s*$",
-                   flags=re.M)
+_FLAG = re.compile(
+  r"R=\s*([-+0-9.]+)\s+p\s*=\s*(\S+(?: \S+)?)\s+(FAIL.*|.*suspicious|unusual)\s*$", flags=re.M
+)
 
 
 def practrand_verdict(report: str) -> tuple[str, str]:
@@ -141,10 +143,17 @@ def practrand_verdict(report: str) -> tuple[str, str]:
 def run_practrand(rng_test: str, stream: str, generator: str, gigabytes: float, seed: int) -> str:
   mode = "stdin8" if stream == "masks" else "stdin32"
   size = f"{int(gigabytes * 1024)}MB" if gigabytes < 1 else f"{int(gigabytes)}GB"
-  producer = subprocess.Popen([sys.executable, __file__, stream, "--generator", generator,
-                               "--seed", str(seed)], stdout=subprocess.PIPE)
-  result = subprocess.run([rng_test, mode, "-tlmax", size, "-tlmin", "256MB"],
-                          stdin=producer.stdout, capture_output=True, text=True, check=False)
+  producer = subprocess.Popen(
+    [sys.executable, __file__, stream, "--generator", generator, "--seed", str(seed)],
+    stdout=subprocess.PIPE,
+  )
+  result = subprocess.run(
+    [rng_test, mode, "-tlmax", size, "-tlmin", "256MB"],
+    stdin=producer.stdout,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   producer.stdout.close()
   producer.kill()
   producer.wait()
@@ -155,24 +164,44 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("stream", nargs="?", choices=STREAMS, help="write this stream to stdout")
   parser.add_argument("--generator", choices=("jaxdrop", "threefry"), default="jaxdrop")
-  parser.add_argument("--gigabytes", type=float, default=None, help="stop after this much (default: never)")
+  parser.add_argument(
+    "--gigabytes", type=float, default=None, help="stop after this much (default: never)"
+  )
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--practrand", type=float, metavar="GB",
-                      help="run RNG_test to this size on every stream, jaxdrop and control")
-  parser.add_argument("--streams", default=",".join(STREAMS), help="comma-separated, for --practrand")
+  parser.add_argument(
+    "--practrand",
+    type=float,
+    metavar="GB",
+    help="run RNG_test to this size on every stream, jaxdrop and control",
+  )
+  parser.add_argument(
+    "--streams", default=",".join(STREAMS), help="comma-separated, for --practrand"
+  )
   parser.add_argument("--rng-test", default=None, help="RNG_test binary (default: build it)")
-  parser.add_argument("--out", type=pathlib.Path, default=None, help="folder for practrand.md and reports")
+  parser.add_argument(
+    "--out", type=pathlib.Path, default=None, help="folder for practrand.md and reports"
+  )
   args = parser.parse_args(argv)
   if args.practrand is None:
     if args.stream is None:
       parser.error("name a stream to write, or pass --practrand GB")
     write(args.stream, args.generator, args.gigabytes, args.seed)
     return
-  rng_test = args.rng_test or subprocess.run(
+  rng_test = (
+    args.rng_test
+    or subprocess.run(
       ["bash", str(pathlib.Path(__file__).resolve().parents[2] / "shared/tools/practrand/build")],
-      capture_output=True, text=True, check=True).stdout.strip()
-  lines = [f"PractRand 0.94 to {args.practrand:g} GB per stream, seed {args.seed}; jax {jax.__version__}.",
-           "", "| stream | generator | reached | result |", "|---|---|---|---|"]
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+  )
+  lines = [
+    f"PractRand 0.94 to {args.practrand:g} GB per stream, seed {args.seed}; jax {jax.__version__}.",
+    "",
+    "| stream | generator | reached | result |",
+    "|---|---|---|---|",
+  ]
   for stream in args.streams.split(","):
     for generator in ("jaxdrop", "threefry"):
       report = run_practrand(rng_test, stream, generator, args.practrand, args.seed)

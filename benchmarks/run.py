@@ -73,12 +73,15 @@ def _peers() -> tuple[dict[str, Callable], list[str]]:
 
 def implementations() -> tuple[dict[str, Callable], list[str]]:
   impls = {
-      "floor 2*x": lambda k, x: 2 * x,
-      "jaxdrop recompute=True": lambda k, x: jaxdrop.dropout(k, x, RATE, recompute=True),
-      "jaxdrop recompute=False": lambda k, x: jaxdrop.dropout(k, x, RATE, recompute=False),
-      "jaxdrop autodiff=jvp": lambda k, x: jaxdrop.dropout(k, x, RATE, recompute=True, autodiff="jvp"),
-      "bernoulli+where": lambda k, x: jnp.where(
-          jax.random.bernoulli(k, 1 - RATE, x.shape), x / (1 - RATE), 0).astype(x.dtype),
+    "floor 2*x": lambda k, x: 2 * x,
+    "jaxdrop recompute=True": lambda k, x: jaxdrop.dropout(k, x, RATE, recompute=True),
+    "jaxdrop recompute=False": lambda k, x: jaxdrop.dropout(k, x, RATE, recompute=False),
+    "jaxdrop autodiff=jvp": lambda k, x: jaxdrop.dropout(
+      k, x, RATE, recompute=True, autodiff="jvp"
+    ),
+    "bernoulli+where": lambda k, x: jnp.where(
+      jax.random.bernoulli(k, 1 - RATE, x.shape), x / (1 - RATE), 0
+    ).astype(x.dtype),
   }
   peers, missing = _peers()
   impls.update(peers)
@@ -108,7 +111,9 @@ def speed(impls, sizes, dtypes, rounds):
       calls = {}
       for name, f in impls.items():
         fwd = jax.jit(f)
-        vg = jax.jit(jax.value_and_grad(lambda x, g, k, f=f: jnp.vdot(g, f(k, x)).astype(jnp.float32)))
+        vg = jax.jit(
+          jax.value_and_grad(lambda x, g, k, f=f: jnp.vdot(g, f(k, x)).astype(jnp.float32))
+        )
         calls[("fwd", name)] = lambda fwd=fwd: fwd(key, x)
         calls[("vg", name)] = lambda vg=vg: vg(x, g, key)
       for (mode, name), seconds in time_interleaved(calls, rounds).items():
@@ -135,10 +140,12 @@ def mlp_memory(layers=8, width=1024, batch=512) -> tuple[dict, tuple[int, int, i
   x = jnp.ones((batch, width))
   key = jax.random.key(0)
   drops = {
-      "no dropout": lambda k, h: h,
-      "jaxdrop recompute=True": lambda k, h: jaxdrop.dropout(k, h, RATE, recompute=True),
-      "jaxdrop recompute=False": lambda k, h: jaxdrop.dropout(k, h, RATE, recompute=False),
-      "bernoulli+where": lambda k, h: jnp.where(jax.random.bernoulli(k, 1 - RATE, h.shape), h / (1 - RATE), 0),
+    "no dropout": lambda k, h: h,
+    "jaxdrop recompute=True": lambda k, h: jaxdrop.dropout(k, h, RATE, recompute=True),
+    "jaxdrop recompute=False": lambda k, h: jaxdrop.dropout(k, h, RATE, recompute=False),
+    "bernoulli+where": lambda k, h: jnp.where(
+      jax.random.bernoulli(k, 1 - RATE, h.shape), h / (1 - RATE), 0
+    ),
   }
 
   def unrolled(drop, remat):
@@ -149,6 +156,7 @@ def mlp_memory(layers=8, width=1024, batch=512) -> tuple[dict, tuple[int, int, i
       for w, k in zip(params, jax.random.split(key, layers)):
         x = layer(w, x, k)
       return jnp.mean(x**2)
+
     return loss, params
 
   def scanned(drop, remat):
@@ -157,18 +165,24 @@ def mlp_memory(layers=8, width=1024, batch=512) -> tuple[dict, tuple[int, int, i
     def loss(stacked, x, key):
       def body(h, wk):
         return drop(wk[1], jax.nn.relu(h @ wk[0])), None
+
       return jnp.mean(jax.lax.scan(body, x, (stacked, jax.random.split(key, layers)))[0] ** 2)
+
     return loss, stacked
 
   out = {}
-  for structure, build, remat in [("unrolled", unrolled, False), ("jax.checkpoint per layer", unrolled, True),
-                                  ("lax.scan over layers", scanned, False)]:
+  for structure, build, remat in [
+    ("unrolled", unrolled, False),
+    ("jax.checkpoint per layer", unrolled, True),
+    ("lax.scan over layers", scanned, False),
+  ]:
     for name, drop in drops.items():
       loss, p = build(drop, remat)
 
       def step(p, x, key, loss=loss):
         value, grads = jax.value_and_grad(loss)(p, x, key)
         return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), value
+
       compiled = jax.jit(step).lower(p, x, key).compile()
       out[(structure, name)] = compiled.memory_analysis().temp_size_in_bytes / (batch * width * 4)
   return out, (layers, width, batch)
@@ -195,18 +209,26 @@ def machine() -> str:
 
 def report(times, residuals, mlp, sizes, dtypes, impls, missing, rounds) -> str:
   memory, (layers, width, batch) = mlp
-  lines = [f"Machine: {machine()}; jax {jax.__version__}; allocator: {allocator()}; rate {RATE}; "
-           f"median of {rounds} interleaved rounds; every figure a ratio to the floor measured in the "
-           "same process and round."]
+  lines = [
+    f"Machine: {machine()}; jax {jax.__version__}; allocator: {allocator()}; rate {RATE}; "
+    f"median of {rounds} interleaved rounds; every figure a ratio to the floor measured in the "
+    "same process and round."
+  ]
   if missing:
     lines.append(f"Not measured (not installed): {', '.join(missing)}.")
-  for mode, title, floor in [("fwd", "Forward `f(key, x)`", "floor 2*x"),
-                             ("vg", "`value_and_grad(lambda x: vdot(g, f(key, x)))`", "floor 2*x")]:
+  for mode, title, floor in [
+    ("fwd", "Forward `f(key, x)`", "floor 2*x"),
+    ("vg", "`value_and_grad(lambda x: vdot(g, f(key, x)))`", "floor 2*x"),
+  ]:
     for dtype in dtypes:
       dname = jnp.dtype(dtype).name
-      lines += ["", f"### {title}, {dname}: time / floor", "",
-                "| implementation | " + " | ".join(_fmt_size(s) for s in sizes) + " |",
-                "|---|" + "---:|" * len(sizes)]
+      lines += [
+        "",
+        f"### {title}, {dname}: time / floor",
+        "",
+        "| implementation | " + " | ".join(_fmt_size(s) for s in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+      ]
       for name in impls:
         cells = [times[(dname, s, mode, name)] / times[(dname, s, mode, floor)] for s in sizes]
         lines.append(f"| {name} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
@@ -215,16 +237,29 @@ def report(times, residuals, mlp, sizes, dtypes, impls, missing, rounds) -> str:
     dname = jnp.dtype(dtype).name
     floor = times[(dname, largest, "fwd", "floor 2*x")]
     fraction = floor / times[(dname, largest, "fwd", "jaxdrop recompute=True")]
-    lines.append(f"\njaxdrop forward at {_fmt_size(largest)} {dname} reaches {100 * fraction:.0f}% of the "
-                 "floor's throughput (both read x once and write y once).")
-  lines += ["", "### Bytes kept for the backward pass, per element of x (float32, `jax.vjp` outside jit)", "",
-            "| implementation | bytes / element |", "|---|---:|"]
+    lines.append(
+      f"\njaxdrop forward at {_fmt_size(largest)} {dname} reaches {100 * fraction:.0f}% of the "
+      "floor's throughput (both read x once and write y once)."
+    )
+  lines += [
+    "",
+    "### Bytes kept for the backward pass, per element of x (float32, `jax.vjp` outside jit)",
+    "",
+    "| implementation | bytes / element |",
+    "|---|---:|",
+  ]
   lines += [f"| {name} | {b:.3f} |" for name, b in residuals.items() if name != "floor 2*x"]
   structures = sorted({s for s, _ in memory}, key=list(dict.fromkeys(s for s, _ in memory)).index)
   names = list(dict.fromkeys(n for _, n in memory))
-  lines += ["", f"### Training step of a {layers}-layer MLP (width {width}, batch {batch}), dropout after "
-            f"every layer: XLA temp memory in activations of [{batch}, {width}] f32 (change against no dropout)", "",
-            "| structure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+  lines += [
+    "",
+    f"### Training step of a {layers}-layer MLP (width {width}, batch {batch}), dropout after "
+    f"every layer: XLA temp memory in activations of [{batch}, {width}] f32 "
+    "(change against no dropout)",
+    "",
+    "| structure | " + " | ".join(names) + " |",
+    "|---|" + "---:|" * len(names),
+  ]
   for s in structures:
     base = memory[(s, "no dropout")]
     cells = [f"{memory[(s, n)]:.2f} ({100 * (memory[(s, n)] / base - 1):+.0f}%)" for n in names]
@@ -244,8 +279,13 @@ def plot(times, sizes, dtypes, impls, path):
     for col, (mode, title) in enumerate([("fwd", "forward"), ("vg", "value_and_grad")]):
       ax = axes[row][col]
       for name in impls:
-        ax.loglog(sizes, [times[(dname, s, mode, name)] * 1e3 for s in sizes], marker="o", label=name,
-                  linestyle="--" if name.startswith("floor") else "-")
+        ax.loglog(
+          sizes,
+          [times[(dname, s, mode, name)] * 1e3 for s in sizes],
+          marker="o",
+          label=name,
+          linestyle="--" if name.startswith("floor") else "-",
+        )
       ax.set(title=f"{title}, {dname}", xlabel="elements", ylabel="median ms per call")
       ax.grid(True, which="both", alpha=0.3)
   axes[0][0].legend(fontsize=8)
@@ -275,7 +315,9 @@ def allocator() -> str:
   preload = os.environ.get("LD_PRELOAD", "")
   if "jemalloc" in preload and _KEEP_PAGES in os.environ.get("MALLOC_CONF", ""):
     return "jemalloc, freed pages kept (no page faults in steady state)"
-  return "system malloc (on glibc, arrays over 32 MB are mapped afresh and page-fault on every call)"
+  return (
+    "system malloc (on glibc, arrays over 32 MB are mapped afresh and page-fault on every call)"
+  )
 
 
 def reexec_with_jemalloc(argv, script: str = __file__) -> None:
@@ -294,16 +336,27 @@ def reexec_with_jemalloc(argv, script: str = __file__) -> None:
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--smoke", action="store_true", help="tiny sizes and 2 rounds, no plot")
   parser.add_argument("--rounds", type=int, default=15)
-  parser.add_argument("--out", default=None,
-                      help="folder for the results (default: benchmarks/results, or a temporary "
-                           "folder with --smoke, so a smoke run never overwrites the committed ones)")
-  parser.add_argument("--update-readme", action="store_true",
-                      help="replace the benchmark section of README.md with these results")
-  parser.add_argument("--system-malloc", action="store_true",
-                      help="do not restart under jemalloc even where it is installed")
+  parser.add_argument(
+    "--out",
+    default=None,
+    help="folder for the results (default: benchmarks/results, or a temporary "
+    "folder with --smoke, so a smoke run never overwrites the committed ones)",
+  )
+  parser.add_argument(
+    "--update-readme",
+    action="store_true",
+    help="replace the benchmark section of README.md with these results",
+  )
+  parser.add_argument(
+    "--system-malloc",
+    action="store_true",
+    help="do not restart under jemalloc even where it is installed",
+  )
   args = parser.parse_args(argv)
   if not args.system_malloc:
     reexec_with_jemalloc(argv)
@@ -323,8 +376,9 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.md").write_text(text)
-  (out / "results.json").write_text(json.dumps(
-      {"|".join(map(str, k)): v for k, v in times.items()}, indent=1))
+  (out / "results.json").write_text(
+    json.dumps({"|".join(map(str, k)): v for k, v in times.items()}, indent=1)
+  )
   if not args.smoke:
     plot(times, sizes, dtypes, impls, out / "results.png")
   if args.update_readme:

@@ -47,11 +47,13 @@ def _step(kind: str, layers: int):
       if kind == "drop_path":
         return h + jaxdrop.drop_path(k, _branch(h, w), rate, mode="batch"), None
       return h + jaxdrop.stochastic_depth(k, rate, _branch, h, w), None
+
     return jnp.mean(jax.lax.scan(block, x, (jnp.arange(layers), ws))[0] ** 2)
 
   def step(ws, x, key):
     value, grads = jax.value_and_grad(loss)(ws, x, key)
     return ws - 1e-3 * grads, value
+
   return jax.jit(step)
 
 
@@ -67,16 +69,29 @@ def main(argv=None):
   keys = jax.random.split(jax.random.key(2), n_keys)
   kinds = ["no dropping", "drop_path", "stochastic_depth", "stochastic_depth, rate 1"]
   steps = {kind: _step(kind, layers) for kind in kinds}
-  calls = {(kind, i): (lambda s=steps[kind], k=k: s(ws, x, k))
-           for kind in kinds for i, k in enumerate(keys)}
+  calls = {
+    (kind, i): (lambda s=steps[kind], k=k: s(ws, x, k))
+    for kind in kinds
+    for i, k in enumerate(keys)
+  }
   times = time_interleaved(calls, rounds)
   mean = {kind: float(np.mean([times[(kind, i)] for i in range(n_keys)])) for kind in kinds}
-  kept = np.mean([bool(jnp.any(jaxdrop.drop_path(jax.random.fold_in(k, i), jnp.ones((1, 1)),
-                                                 RATE, mode="batch") != 0))
-                  for k in keys for i in range(layers)])
-  print(f"Machine: {machine()}; jax {jax.__version__}; rate {RATE}; {layers} blocks of width "
-        f"{width}, batch {batch}, float32; {n_keys} keys keeping {kept:.2f} of the blocks; "
-        f"median of {rounds} interleaved rounds per key, mean over the keys.\n")
+  kept = np.mean(
+    [
+      bool(
+        jnp.any(
+          jaxdrop.drop_path(jax.random.fold_in(k, i), jnp.ones((1, 1)), RATE, mode="batch") != 0
+        )
+      )
+      for k in keys
+      for i in range(layers)
+    ]
+  )
+  print(
+    f"Machine: {machine()}; jax {jax.__version__}; rate {RATE}; {layers} blocks of width "
+    f"{width}, batch {batch}, float32; {n_keys} keys keeping {kept:.2f} of the blocks; "
+    f"median of {rounds} interleaved rounds per key, mean over the keys.\n"
+  )
   print("| training step | time | ratio to no dropping |")
   print("|---|---:|---:|")
   for kind in kinds:

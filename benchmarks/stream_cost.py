@@ -51,8 +51,15 @@ def _stream1_draw(source, layout, t, any_kept, scale):
 def stream1_dropout(key, x):
   threshold = _mask.drop_threshold(jnp.float32(RATE))  # traced here: same ops as concrete
   params, _ = _dropout.bernoulli_scalars(threshold, jnp.bool_(False), "inverted")
-  return _core.noise_op(_mask.MaskSource(_keys.mask_words(key)), x, params, draw=_stream1_draw,
-                        mask_shape=x.shape, recompute=True, autodiff="vjp")
+  return _core.noise_op(
+    _mask.MaskSource(_keys.mask_words(key)),
+    x,
+    params,
+    draw=_stream1_draw,
+    mask_shape=x.shape,
+    recompute=True,
+    autodiff="vjp",
+  )
 
 
 def main(argv=None):
@@ -64,13 +71,15 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not args.system_malloc:
     reexec_with_jemalloc(sys.argv[1:] if argv is None else argv, script=__file__)
-  print(f"{machine()}; allocator: {allocator()}; rate {RATE}; {args.rows} x 1024; "
-        f"median of {args.rounds} interleaved rounds; time / floor")
+  print(
+    f"{machine()}; allocator: {allocator()}; rate {RATE}; {args.rows} x 1024; "
+    f"median of {args.rounds} interleaved rounds; time / floor"
+  )
   key = jax.random.key(0)
   calls = {
-      "floor 2*x": jax.jit(lambda k, x: 2 * x),
-      "stream 2 (jaxdrop)": jax.jit(lambda k, x: jaxdrop.dropout(k, x, RATE)),
-      "stream 1": stream1_dropout,
+    "floor 2*x": jax.jit(lambda k, x: 2 * x),
+    "stream 2 (jaxdrop)": jax.jit(lambda k, x: jaxdrop.dropout(k, x, RATE)),
+    "stream 1": stream1_dropout,
   }
   for dtype in (jnp.float32, jnp.bfloat16):
     x = jax.random.normal(jax.random.key(1), (args.rows, 1024), jnp.float32).astype(dtype)
@@ -79,8 +88,10 @@ def main(argv=None):
       floor = times["floor 2*x"]
       cells = "  ".join(f"{n} {t / floor:.2f}x" for n, t in times.items() if n != "floor 2*x")
       change = times["stream 2 (jaxdrop)"] / times["stream 1"] - 1
-      print(f"{jnp.dtype(dtype).name:9} run {repeat + 1}: {cells}  stream 2 vs 1: {100 * change:+.0f}%",
-            flush=True)
+      print(
+        f"{jnp.dtype(dtype).name:9} run {repeat + 1}: {cells}  stream 2 vs 1: {100 * change:+.0f}%",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

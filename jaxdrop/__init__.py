@@ -1,4 +1,7 @@
-"""jaxdrop: dropout and its family for JAX, pure functions of an explicit key with a hand-derived backward pass."""
+"""jaxdrop: dropout and its family for JAX.
+
+Pure functions of an explicit key with a hand-derived backward pass.
+"""
 
 from ._alpha import alpha_dropout as alpha_dropout
 from ._alpha import feature_alpha_dropout as feature_alpha_dropout
@@ -28,27 +31,29 @@ _ADAPTERS = ("nnx", "linen", "equinox", "haiku")
 def __getattr__(name: str):
   if name in _ADAPTERS:
     import importlib
+
     return importlib.import_module(f"{__name__}.{name}")
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
-    "dropout",
-    "channel_dropout",
-    "alpha_dropout",
-    "feature_alpha_dropout",
-    "gaussian_dropout",
-    "gaussian_noise",
-    "drop_path",
-    "stochastic_depth",
-    "drop_block",
-    "drop_connect",
-    "zoneout",
-    "dot_product_attention",
-    "make_mask",
-    "apply_mask",
-    "DropoutMask",
-    "mc_dropout",
-    "MCResult",
-    "random_bits",
-    "__version__",
+  "dropout",
+  "channel_dropout",
+  "alpha_dropout",
+  "feature_alpha_dropout",
+  "gaussian_dropout",
+  "gaussian_noise",
+  "drop_path",
+  "stochastic_depth",
+  "drop_block",
+  "drop_connect",
+  "zoneout",
+  "dot_product_attention",
+  "make_mask",
+  "apply_mask",
+  "DropoutMask",
+  "mc_dropout",
+  "MCResult",
+  "random_bits",
+  "__version__",
 ]

@@ -19,15 +19,15 @@ from ._structured import _per_channel
 
 
 def alpha_dropout(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    *,
-    deterministic: bool | ArrayLike = False,
-    broadcast_dims: int | Sequence[int] = (),
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  *,
+  deterministic: bool | ArrayLike = False,
+  broadcast_dims: int | Sequence[int] = (),
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
 
@@ -69,24 +69,35 @@ def alpha_dropout(
     networks", NeurIPS (2017).
   """
   x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
+    x, rate, deterministic, recompute, autodiff
+  )
   shared_axes = check.axes(broadcast_dims, x.ndim, "broadcast_dims")
-  return run_bernoulli("alpha_dropout", key, x, rate, rate_value, deterministic,
-                       shared_axes=shared_axes, kind="alpha", recompute=recompute,
-                       autodiff=autodiff, shard_spec=shard_spec)
+  return run_bernoulli(
+    "alpha_dropout",
+    key,
+    x,
+    rate,
+    rate_value,
+    deterministic,
+    shared_axes=shared_axes,
+    kind="alpha",
+    recompute=recompute,
+    autodiff=autodiff,
+    shard_spec=shard_spec,
+  )
 
 
 def feature_alpha_dropout(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    *,
-    channel_axis: int = -1,
-    batch_axis: int | None = 0,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  *,
+  channel_axis: int = -1,
+  batch_axis: int | None = 0,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Alpha dropout of whole feature maps: `alpha_dropout` with `channel_dropout`'s mask.
 
@@ -118,5 +129,16 @@ def feature_alpha_dropout(
     Klambauer, Unterthiner, Mayr and Hochreiter, "Self-normalizing neural
     networks", NeurIPS (2017).
   """
-  return _per_channel("feature_alpha_dropout", "alpha", key, x, rate, channel_axis, batch_axis,
-                      deterministic, recompute, autodiff, shard_spec)
+  return _per_channel(
+    "feature_alpha_dropout",
+    "alpha",
+    key,
+    x,
+    rate,
+    channel_axis,
+    batch_axis,
+    deterministic,
+    recompute,
+    autodiff,
+    shard_spec,
+  )

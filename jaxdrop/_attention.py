@@ -29,9 +29,15 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import (bernoulli_scalars, block_position, checked_key, compute_dtype, dropout,
-                       require_key)
 from ._core import _JAX_JVP_ERROR
+from ._dropout import (
+  bernoulli_scalars,
+  block_position,
+  checked_key,
+  compute_dtype,
+  dropout,
+  require_key,
+)
 from ._keys import mask_words
 from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
@@ -76,21 +82,25 @@ def _zero_padded_rows(out, q_lengths):
 def _add_at(total, piece, index):
   """`total` with `piece` added at `index` (its start along every axis)."""
   return jax.lax.dynamic_update_slice(
-      total, jax.lax.dynamic_slice(total, index, piece.shape) + piece, index)
+    total, jax.lax.dynamic_slice(total, index, piece.shape) + piece, index
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """Everything static about one chunked call."""
+
   scale: float
   is_causal: bool
-  skip_causal: bool      # skip key chunks above the diagonal (see `_Blocks.key_chunks`)
+  skip_causal: bool  # skip key chunks above the diagonal (see `_Blocks.key_chunks`)
   q_chunk: int
   k_chunk: int
-  length_q: int          # T and S before padding to whole chunks
+  length_q: int  # T and S before padding to whole chunks
   length_k: int
-  dropout: bool          # False: no mask is drawn at all (rate 0 or deterministic=True)
-  mask_shape: tuple[int, int, int, int]  # this call's part of the mask: (B, N, T, S), 1 where shared
+  dropout: bool  # False: no mask is drawn at all (rate 0 or deterministic=True)
+  mask_shape: tuple[
+    int, int, int, int
+  ]  # this call's part of the mask: (B, N, T, S), 1 where shared
   mask_global: tuple[int, int, int, int]  # the whole mask's (differs inside shard_map)
 
 
@@ -171,11 +181,15 @@ class _Blocks:
     t, any_kept, scale, (batch_offset, head_offset) = self.drop
     mb, mn, mt, ms = cfg.mask_shape
     shape = (mb, mn, cfg.q_chunk if mt > 1 else 1, cfg.k_chunk if ms > 1 else 1)
-    offsets = (batch_offset, head_offset,
-               jnp.asarray(i * cfg.q_chunk if mt > 1 else 0, jnp.uint32),
-               jnp.asarray(j * cfg.k_chunk if ms > 1 else 0, jnp.uint32))
-    keep = keep_mask(MaskSource(self.words, offsets), MaskLayout(shape, global_shape=cfg.mask_global),
-                     t, any_kept)
+    offsets = (
+      batch_offset,
+      head_offset,
+      jnp.asarray(i * cfg.q_chunk if mt > 1 else 0, jnp.uint32),
+      jnp.asarray(j * cfg.k_chunk if ms > 1 else 0, jnp.uint32),
+    )
+    keep = keep_mask(
+      MaskSource(self.words, offsets), MaskLayout(shape, global_shape=cfg.mask_global), t, any_kept
+    )
     factor = jnp.where(keep, scale.astype(jnp.float32), np.float32(0))
     heads_k = self.k.shape[2]
     return factor[:, :, None] if mn == 1 else factor.reshape(mb, heads_k, mn // heads_k, *shape[2:])
@@ -221,10 +235,16 @@ def _forward(cfg: _Config, blocks: _Blocks):
 
     # The running maximum starts below every finite logit (not at the masking value: a bias
     # such as finfo.min puts logits below it), so the largest term of each row is exp(0).
-    init = tuple(map(blocks.fresh, (
-        jnp.full((b, heads_k, groups, cfg.q_chunk), jnp.finfo(jnp.float32).min, jnp.float32),
-        jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
-        jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32))))
+    init = tuple(
+      map(
+        blocks.fresh,
+        (
+          jnp.full((b, heads_k, groups, cfg.q_chunk), jnp.finfo(jnp.float32).min, jnp.float32),
+          jnp.zeros((b, heads_k, groups, cfg.q_chunk), jnp.float32),
+          jnp.zeros((b, heads_k, groups, cfg.q_chunk, h), jnp.float32),
+        ),
+      )
+    )
     m, l, acc = jax.lax.fori_loop(0, blocks.key_chunks(i), step, init)
     inverse = 1 / l  # l >= 1: the row's largest term is exp(0)
     return acc * inverse[..., None], m, inverse
@@ -243,7 +263,9 @@ def _chunked(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
 
 
 def _chunked_fwd(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
-  out, m, inverse = _forward(cfg, _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop))
+  out, m, inverse = _forward(
+    cfg, _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
+  )
   out = out.astype(q.dtype)
   return out, (q, k, v, bias, mask, q_lengths, k_lengths, words, drop, out, m, inverse)
 
@@ -275,21 +297,32 @@ def _chunked_bwd(cfg, residuals, g):
         p_dropped, dp = p * factor, dp * factor
       else:
         p_dropped = p
-      dv_j = jnp.einsum("bkgts,btkgh->bskh", p_dropped.astype(g.dtype), g_i,
-                        preferred_element_type=jnp.float32)
+      dv_j = jnp.einsum(
+        "bkgts,btkgh->bskh", p_dropped.astype(g.dtype), g_i, preferred_element_type=jnp.float32
+      )
       ds = jnp.where(allowed, p * (dp - delta_i), np.float32(0))
-      dq_i = dq_i + scale * jnp.einsum("bkgts,bskh->btkgh", ds.astype(k.dtype), k_j,
-                                       preferred_element_type=jnp.float32)
-      dk_j = scale * jnp.einsum("bkgts,btkgh->bskh", ds.astype(q.dtype), q_i,
-                                preferred_element_type=jnp.float32)
+      dq_i = dq_i + scale * jnp.einsum(
+        "bkgts,bskh->btkgh", ds.astype(k.dtype), k_j, preferred_element_type=jnp.float32
+      )
+      dk_j = scale * jnp.einsum(
+        "bkgts,btkgh->bskh", ds.astype(q.dtype), q_i, preferred_element_type=jnp.float32
+      )
       start = j * cfg.k_chunk
       dk = _add_at(dk, dk_j, (0, start, 0, 0))
       dv = _add_at(dv, dv_j, (0, start, 0, 0))
       if dbias is not None:
         axes = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] > 1)
-        dbias = _add_at(dbias, jnp.sum(ds, axis=axes, keepdims=True),
-                        (0, 0, 0, i * cfg.q_chunk if dbias.shape[3] > 1 else 0,
-                         start if dbias.shape[4] > 1 else 0))
+        dbias = _add_at(
+          dbias,
+          jnp.sum(ds, axis=axes, keepdims=True),
+          (
+            0,
+            0,
+            0,
+            i * cfg.q_chunk if dbias.shape[3] > 1 else 0,
+            start if dbias.shape[4] > 1 else 0,
+          ),
+        )
       return dq_i, dk, dv, dbias
 
     inner = (blocks.fresh(jnp.zeros(q_i.shape, jnp.float32)), dk, dv, dbias)
@@ -298,10 +331,21 @@ def _chunked_bwd(cfg, residuals, g):
     return dq, dk, dv, dbias
 
   zeros = lambda a: None if a is None else blocks.fresh(jnp.zeros(a.shape, jnp.float32))
-  dq, dk, dv, dbias = jax.lax.fori_loop(0, count_q, query_chunk,
-                                        (zeros(q), zeros(k), zeros(v), zeros(bias)))
+  dq, dk, dv, dbias = jax.lax.fori_loop(
+    0, count_q, query_chunk, (zeros(q), zeros(k), zeros(v), zeros(bias))
+  )
   dbias = None if bias is None else dbias.astype(bias.dtype)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias, None, None, None, None, None
+  return (
+    dq.astype(q.dtype),
+    dk.astype(k.dtype),
+    dv.astype(v.dtype),
+    dbias,
+    None,
+    None,
+    None,
+    None,
+    None,
+  )
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
@@ -316,15 +360,41 @@ def _pad(a, axis, multiple, value=0):
   return jnp.pad(a, widths, constant_values=value)
 
 
-def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *, scale,
-                       is_causal, mask_shape, mask_global, dropout_on, q_chunk, k_chunk):
+def _chunked_attention(
+  q,
+  k,
+  v,
+  bias,
+  mask,
+  q_lengths,
+  k_lengths,
+  words,
+  drop,
+  *,
+  scale,
+  is_causal,
+  mask_shape,
+  mask_global,
+  dropout_on,
+  q_chunk,
+  k_chunk,
+):
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
   skip_causal = is_causal and mask is None and k_lengths is None
-  cfg = _Config(scale=scale, is_causal=is_causal, skip_causal=skip_causal, q_chunk=q_chunk,
-                k_chunk=k_chunk, length_q=t, length_k=s, dropout=dropout_on,
-                mask_shape=mask_shape, mask_global=mask_global)
+  cfg = _Config(
+    scale=scale,
+    is_causal=is_causal,
+    skip_causal=skip_causal,
+    q_chunk=q_chunk,
+    k_chunk=k_chunk,
+    length_q=t,
+    length_k=s,
+    dropout=dropout_on,
+    mask_shape=mask_shape,
+    mask_global=mask_global,
+  )
   q = _pad(q.reshape(b, t, heads_k, n // heads_k, h), 1, q_chunk)
   k, v = _pad(k, 1, k_chunk), _pad(v, 1, k_chunk)
   bias = _pad(_pad(_grouped(bias, heads_k), 3, q_chunk), 4, k_chunk)
@@ -335,8 +405,24 @@ def _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop, *
   return _zero_padded_rows(out[:, :t].reshape(b, t, n, h), q_lengths)
 
 
-def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate, deterministic,
-                   *, scale, is_causal, broadcast_dims, dropout_on, weights_spec):
+def _xla_attention(
+  q,
+  k,
+  v,
+  bias,
+  mask,
+  q_lengths,
+  k_lengths,
+  dropout_key,
+  rate,
+  deterministic,
+  *,
+  scale,
+  is_causal,
+  broadcast_dims,
+  dropout_on,
+  weights_spec,
+):
   """The materialised reference: `jax.nn.dot_product_attention`'s computation, with
   `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights."""
   if not dropout_on:
@@ -344,13 +430,26 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
     # promotion, so that a caller's strict promotion still covers jaxdrop's own code only.
     with jax.numpy_dtype_promotion("standard"):
       return jax.nn.dot_product_attention(
-          q, k, v, bias, mask, scale=scale, is_causal=is_causal, query_seq_lengths=q_lengths,
-          key_value_seq_lengths=k_lengths, implementation="xla")
+        q,
+        k,
+        v,
+        bias,
+        mask,
+        scale=scale,
+        is_causal=is_causal,
+        query_seq_lengths=q_lengths,
+        key_value_seq_lengths=k_lengths,
+        implementation="xla",
+      )
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   groups = n // heads_k
-  logits = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, heads_k, groups, h), k,
-                      preferred_element_type=compute_dtype(q.dtype))
+  logits = jnp.einsum(
+    "btkgh,bskh->bkgts",
+    q.reshape(b, t, heads_k, groups, h),
+    k,
+    preferred_element_type=compute_dtype(q.dtype),
+  )
   logits = logits * jnp.asarray(scale, logits.dtype)
   if bias is not None:
     logits = logits + _grouped(bias, heads_k).astype(logits.dtype)
@@ -358,9 +457,15 @@ def _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, rate,
   allowed = _allowed(rows, columns, _grouped(mask, heads_k), is_causal, q_lengths, k_lengths)
   logits = jnp.where(allowed, logits, _LARGE_NEGATIVE.astype(logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
-  weights = dropout(dropout_key, weights.reshape(b, n, t, s), rate, deterministic=deterministic,
-                    broadcast_dims=broadcast_dims, shard_spec=weights_spec,
-                    autodiff="jvp")  # forward mode too, at the cost of "vjp" (measured)
+  weights = dropout(
+    dropout_key,
+    weights.reshape(b, n, t, s),
+    rate,
+    deterministic=deterministic,
+    broadcast_dims=broadcast_dims,
+    shard_spec=weights_spec,
+    autodiff="jvp",
+  )  # forward mode too, at the cost of "vjp" (measured)
   out = jnp.einsum("bkgts,bskh->btkgh", weights.reshape(b, heads_k, groups, t, s), v)
   return _zero_padded_rows(out.reshape(b, t, n, h), q_lengths)
 
@@ -369,8 +474,10 @@ def _four_d(a, name, target):
   """`a` with leading axes of size 1 up to four (as jax.nn does), checked to broadcast to the
   weights' (B, N, T, S) with its head axis 1 or N."""
   if a.ndim > 4 or any(d not in (1, want) for d, want in zip(a.shape[::-1], target[::-1])):
-    raise ValueError(f"{name} must broadcast to the attention weights' shape {target} "
-                     f"(B, N, T, S), with its head axis 1 or N, got shape {a.shape}")
+    raise ValueError(
+      f"{name} must broadcast to the attention weights' shape {target} "
+      f"(B, N, T, S), with its head axis 1 or N, got shape {a.shape}"
+    )
   return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
 
@@ -379,8 +486,10 @@ def _check_lengths(a, name, batch):
     return None
   a = jnp.asarray(a)
   if not jnp.issubdtype(a.dtype, jnp.integer) or a.shape != (batch,):
-    raise ValueError(f"{name} must be an integer array of shape ({batch},) (one length per "
-                     f"batch element), got {a.dtype.name} array of shape {a.shape}")
+    raise ValueError(
+      f"{name} must be an integer array of shape ({batch},) (one length per "
+      f"batch element), got {a.dtype.name} array of shape {a.shape}"
+    )
   return a.astype(jnp.int32)
 
 
@@ -394,9 +503,11 @@ def _weights_spec(shard_spec, batched: bool):
   if not batched:
     entries = (None, *entries)
   if entries[1] is not None or entries[3] is not None:
-    raise ValueError("dot_product_attention's shard_spec (query's in_spec) may split only the "
-                     "batch and head axes; the sequence and head-dimension axes must be whole, "
-                     f"got {shard_spec!r}")
+    raise ValueError(
+      "dot_product_attention's shard_spec (query's in_spec) may split only the "
+      "batch and head axes; the sequence and head-dimension axes must be whole, "
+      f"got {shard_spec!r}"
+    )
   return jax.sharding.PartitionSpec(entries[0], entries[2], None, None)
 
 
@@ -407,24 +518,24 @@ def _chunk_size(value, name):
 
 
 def dot_product_attention(
-    query: ArrayLike,
-    key: ArrayLike,
-    value: ArrayLike,
-    bias: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-    *,
-    dropout_key: jax.Array | None = None,
-    dropout_rate: ArrayLike = 0.0,
-    deterministic: bool | ArrayLike = False,
-    broadcast_dims: Sequence[int] = (),
-    scale: float | None = None,
-    is_causal: bool = False,
-    query_seq_lengths: ArrayLike | None = None,
-    key_value_seq_lengths: ArrayLike | None = None,
-    implementation: Literal["xla", "chunked"] | None = None,
-    query_chunk_size: int = 512,
-    key_chunk_size: int = 512,
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  query: ArrayLike,
+  key: ArrayLike,
+  value: ArrayLike,
+  bias: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+  *,
+  dropout_key: jax.Array | None = None,
+  dropout_rate: ArrayLike = 0.0,
+  deterministic: bool | ArrayLike = False,
+  broadcast_dims: Sequence[int] = (),
+  scale: float | None = None,
+  is_causal: bool = False,
+  query_seq_lengths: ArrayLike | None = None,
+  key_value_seq_lengths: ArrayLike | None = None,
+  implementation: Literal["xla", "chunked"] | None = None,
+  query_chunk_size: int = 512,
+  key_chunk_size: int = 512,
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Scaled dot-product attention with dropout on the attention weights.
 
@@ -501,22 +612,30 @@ def dot_product_attention(
   k = check.float_array(key, "key")
   v = check.float_array(value, "value")
   if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
-    raise ValueError("query, key and value must all be (B, T|S, heads, H) or all unbatched "
-                     f"(T|S, heads, H), got shapes {q.shape}, {k.shape}, {v.shape}")
+    raise ValueError(
+      "query, key and value must all be (B, T|S, heads, H) or all unbatched "
+      f"(T|S, heads, H), got shapes {q.shape}, {k.shape}, {v.shape}"
+    )
   if not q.dtype == k.dtype == v.dtype:
-    raise TypeError(f"query, key and value must share one dtype, got {q.dtype.name}, "
-                    f"{k.dtype.name}, {v.dtype.name}")
+    raise TypeError(
+      f"query, key and value must share one dtype, got {q.dtype.name}, "
+      f"{k.dtype.name}, {v.dtype.name}"
+    )
   batched = q.ndim == 4
   if not batched:
     q, k, v = q[None], k[None], v[None]
   b, t, n, h = q.shape
   if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h:
-    raise ValueError(f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
-                     f"query {q.shape}, got key {k.shape} and value {v.shape}")
+    raise ValueError(
+      f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
+      f"query {q.shape}, got key {k.shape} and value {v.shape}"
+    )
   s, heads_k = k.shape[1], k.shape[2]
   if n % heads_k:
-    raise ValueError(f"the number of query heads ({n}) must be a multiple of the number of "
-                     f"key/value heads ({heads_k})")
+    raise ValueError(
+      f"the number of query heads ({n}) must be a multiple of the number of "
+      f"key/value heads ({heads_k})"
+    )
   weights_shape = (b, n, t, s)
   if bias is not None:
     check.not_a_key(bias, "bias", "an additive bias")
@@ -528,8 +647,10 @@ def dot_product_attention(
     check.not_a_key(mask, "mask", "a boolean mask")
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
-      raise TypeError(f"mask must be boolean (True where attention is allowed), got dtype "
-                      f"{mask.dtype.name}; pass an additive mask as bias")
+      raise TypeError(
+        f"mask must be boolean (True where attention is allowed), got dtype "
+        f"{mask.dtype.name}; pass an additive mask as bias"
+      )
     mask = _four_d(mask, "mask", weights_shape)
   q_lengths = _check_lengths(query_seq_lengths, "query_seq_lengths", b)
   k_lengths = _check_lengths(key_value_seq_lengths, "key_value_seq_lengths", b)
@@ -540,10 +661,15 @@ def dot_product_attention(
   dims = dims if batched else tuple(d + 1 for d in dims)
   if scale is None:
     scale = 1 / math.sqrt(h)
-  elif (isinstance(scale, (bool, np.bool_)) or check.is_traced(scale) or np.ndim(scale) != 0
-        or not jnp.issubdtype(np.asarray(scale).dtype, np.number)):
-    raise TypeError(f"scale must be a concrete real number (it is part of the compiled "
-                    f"program), got {scale!r}")
+  elif (
+    isinstance(scale, (bool, np.bool_))
+    or check.is_traced(scale)
+    or np.ndim(scale) != 0
+    or not jnp.issubdtype(np.asarray(scale).dtype, np.number)
+  ):
+    raise TypeError(
+      f"scale must be a concrete real number (it is part of the compiled program), got {scale!r}"
+    )
   scale = float(scale)
   check.choice(implementation, (None, *IMPLEMENTATIONS), "implementation")
   q_chunk = _chunk_size(query_chunk_size, "query_chunk_size")
@@ -559,33 +685,62 @@ def dot_product_attention(
     implementation = "xla"  # nothing to chunk: the materialised version handles empty axes
   if implementation == "xla":
     # Unbatched weights (N, T, S) number their mask rows as a batch of one does.
-    out = _xla_attention(q, k, v, bias, mask, q_lengths, k_lengths, dropout_key, dropout_rate,
-                         deterministic, scale=scale, is_causal=is_causal, broadcast_dims=dims,
-                         dropout_on=dropout_on, weights_spec=weights_spec)
+    out = _xla_attention(
+      q,
+      k,
+      v,
+      bias,
+      mask,
+      q_lengths,
+      k_lengths,
+      dropout_key,
+      dropout_rate,
+      deterministic,
+      scale=scale,
+      is_causal=is_causal,
+      broadcast_dims=dims,
+      dropout_on=dropout_on,
+      weights_spec=weights_spec,
+    )
   else:
     words, drop = None, None
     mask_shape = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
     mask_global = mask_shape
     if dropout_on:
       words = mask_words(dropout_key)
-      params, _ = bernoulli_scalars(drop_threshold(dropout_rate), jnp.asarray(deterministic),
-                                    "inverted")
+      params, _ = bernoulli_scalars(
+        drop_threshold(dropout_rate), jnp.asarray(deterministic), "inverted"
+      )
       offsets = (jnp.uint32(0), jnp.uint32(0))
       if weights_spec is not None:
         block_offsets, mask_global = block_position(weights_spec, weights_shape, dims)
         offsets = block_offsets[:2]  # the sequence axes are whole
       drop = (*params, offsets)
     try:
-      out = _chunked_attention(q, k, v, bias, mask, q_lengths, k_lengths, words, drop,
-                               scale=scale, is_causal=is_causal, mask_shape=mask_shape,
-                               mask_global=tuple(mask_global), dropout_on=dropout_on,
-                               q_chunk=q_chunk, k_chunk=k_chunk)
+      out = _chunked_attention(
+        q,
+        k,
+        v,
+        bias,
+        mask,
+        q_lengths,
+        k_lengths,
+        words,
+        drop,
+        scale=scale,
+        is_causal=is_causal,
+        mask_shape=mask_shape,
+        mask_global=tuple(mask_global),
+        dropout_on=dropout_on,
+        q_chunk=q_chunk,
+        k_chunk=k_chunk,
+      )
     except TypeError as err:
       if _JAX_JVP_ERROR not in str(err):
         raise
       raise TypeError(
-          "jaxdrop.dot_product_attention with implementation='chunked' has a hand-written "
-          "reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
-          "jax.linearize or second derivatives pass implementation='xla' (the same mask)") from err
+        "jaxdrop.dot_product_attention with implementation='chunked' has a hand-written "
+        "reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
+        "jax.linearize or second derivatives pass implementation='xla' (the same mask)"
+      ) from err
   return out if batched else out[0]
-

@@ -53,8 +53,8 @@ def coverage_table(sizes: Sequence[int], block: int) -> tuple[np.ndarray, np.nda
 
 
 def seed_rate(rate: jax.Array, n: np.ndarray, w: np.ndarray) -> jax.Array:
-  r"""The seed probability :math:`\gamma` with :math:`\sum_j w_j (1 - \gamma)^{n_j} = 1 - \text{rate}`
-  (float32; `rate` in [0, 1]).
+  r"""The seed probability :math:`\gamma` with
+  :math:`\sum_j w_j (1 - \gamma)^{n_j} = 1 - \text{rate}` (float32; `rate` in [0, 1]).
 
   In :math:`u = -\log(1 - \gamma)` the left side's logarithm,
   :math:`h(u) = \log \sum_j w_j e^{-n_j u}`, is convex and decreasing, so Newton's method
@@ -82,6 +82,7 @@ def seed_rate(rate: jax.Array, n: np.ndarray, w: np.ndarray) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class _BlockDraw:
   """DropBlock's draw: Bernoulli seeds at valid centres, grown into blocks."""
+
   block_size: int
   spatial_axes: tuple[int, ...]
   scale_by_keep: bool = True
@@ -98,7 +99,9 @@ class _BlockDraw:
     for axis in self.spatial_axes:
       p = jnp.arange(shape[axis])
       seeds = seeds & self._broadcast((p >= low) & (p <= shape[axis] - 1 - high), axis, ndim)
-      coverage = coverage * self._broadcast(_coverage(shape[axis], b, jnp).astype(jnp.float32), axis, ndim)
+      coverage = coverage * self._broadcast(
+        _coverage(shape[axis], b, jnp).astype(jnp.float32), axis, ndim
+      )
     window = tuple(b if axis in self.spatial_axes else 1 for axis in range(ndim))
     padding = tuple((high, low) if axis in self.spatial_axes else (0, 0) for axis in range(ndim))
     dropped = jax.lax.reduce_window(seeds, False, jax.lax.bitwise_or, window, (1,) * ndim, padding)
@@ -112,10 +115,10 @@ class _BlockDraw:
     return ~dropped & any_kept, scale
 
 
-@functools.partial(jax.jit, static_argnames=("draw", "recompute", "autodiff", "mask_shape",
-                                             "with_noise"))
-def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff, mask_shape,
-                with_noise):
+@functools.partial(
+  jax.jit, static_argnames=("draw", "recompute", "autodiff", "mask_shape", "with_noise")
+)
+def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff, mask_shape, with_noise):
   rate = jnp.asarray(rate, jnp.float32)
   valid = (rate >= 0) & (rate <= 1)
   n, w = coverage_table([x.shape[axis] for axis in draw.spatial_axes], draw.block_size)
@@ -134,24 +137,32 @@ def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff, mask_
     noise_source = MaskSource(jnp.stack(threefry2x32(words[0], words[1], *_NOISE_DOMAIN)))
     noise = standard_normal(noise_source, mask_layout(x, mask_shape))
     affine = (jnp.zeros((), jnp.float32), noise)
-  return noise_op(MaskSource(mask_words(key)), x, (t, any_kept, realised_gamma), draw=draw,
-                  mask_shape=mask_shape, recompute=recompute, autodiff=autodiff, affine=affine)
+  return noise_op(
+    MaskSource(mask_words(key)),
+    x,
+    (t, any_kept, realised_gamma),
+    draw=draw,
+    mask_shape=mask_shape,
+    recompute=recompute,
+    autodiff=autodiff,
+    affine=affine,
+  )
 
 
 def drop_block(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    block_size: int,
-    *,
-    spatial_axes: Sequence[int] = (1, 2),
-    couple_channels: bool = False,
-    batch_axis: int | None = 0,
-    scale_by_keep: bool | None = None,
-    with_noise: bool = False,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  block_size: int,
+  *,
+  spatial_axes: Sequence[int] = (1, 2),
+  couple_channels: bool = False,
+  batch_axis: int | None = 0,
+  scale_by_keep: bool | None = None,
+  with_noise: bool = False,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
 ) -> jax.Array:
   r"""DropBlock: drops contiguous ``block_size`` × ``block_size`` regions of each feature map.
 
@@ -222,31 +233,38 @@ def drop_block(
     networks", NeurIPS (2018).
   """
   x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
+    x, rate, deterministic, recompute, autodiff
+  )
   axes = check.axes(spatial_axes, x.ndim, "spatial_axes")
   if not axes:
     raise ValueError(f"spatial_axes must name at least one axis, got {spatial_axes!r}")
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
   if any(jax.export.is_symbolic_dim(x.shape[axis]) for axis in axes):
-    raise ValueError(f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
-                     f"layout is built from them), got shape {x.shape}; under jax.export the "
-                     "other axes may be symbolic")
+    raise ValueError(
+      f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
+      f"layout is built from them), got shape {x.shape}; under jax.export the "
+      "other axes may be symbolic"
+    )
   with_noise = check.static_bool(with_noise, "with_noise")
   if scale_by_keep is None:
     scale_by_keep = not with_noise
   scale_by_keep = check.static_bool(scale_by_keep, "scale_by_keep")
   if with_noise and scale_by_keep:
-    raise ValueError("with_noise=True leaves survivors unscaled (the noise takes the dropped "
-                     "units' place); scale_by_keep=True cannot apply with it")
+    raise ValueError(
+      "with_noise=True leaves survivors unscaled (the noise takes the dropped "
+      "units' place); scale_by_keep=True cannot apply with it"
+    )
   mask_shape = x.shape
   batch = () if batch_axis is None else check.axes(batch_axis, x.ndim, "batch_axis")
   if check.static_bool(couple_channels, "couple_channels"):
     if len(batch) > 1 or set(batch) & set(axes):
-      raise ValueError(f"batch_axis must be one axis outside spatial_axes {axes}, or None, "
-                       f"got {batch_axis!r}")
-    mask_shape = tuple(size if axis in axes or axis in batch else 1
-                       for axis, size in enumerate(x.shape))
+      raise ValueError(
+        f"batch_axis must be one axis outside spatial_axes {axes}, or None, got {batch_axis!r}"
+      )
+    mask_shape = tuple(
+      size if axis in axes or axis in batch else 1 for axis, size in enumerate(x.shape)
+    )
   key = checked_key(key)
   smallest = min(x.shape[axis] for axis in axes)
   if x.size == 0 and block_size >= 1:
@@ -254,13 +272,24 @@ def drop_block(
   if not 1 <= block_size <= smallest:
     # The hint only where the block would fit if x were NCHW (axes 2 and 3 spatial).
     nchw = axes == (1, 2) and x.ndim == 4 and 1 <= block_size <= min(x.shape[2], x.shape[3])
-    raise ValueError(f"block_size must be between 1 and the smallest spatial size {smallest} "
-                     f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
-                     + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else ""))
+    raise ValueError(
+      f"block_size must be between 1 and the smallest spatial size {smallest} "
+      f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
+      + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else "")
+    )
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("drop_block", key, rate, deterministic)
   draw = _BlockDraw(int(block_size), axes, scale_by_keep)
   with forward_mode_hint("drop_block"):
-    return _drop_block(key, x, rate, deterministic, draw=draw, recompute=recompute,
-                       autodiff=autodiff, mask_shape=mask_shape, with_noise=with_noise)
+    return _drop_block(
+      key,
+      x,
+      rate,
+      deterministic,
+      draw=draw,
+      recompute=recompute,
+      autodiff=autodiff,
+      mask_shape=mask_shape,
+      with_noise=with_noise,
+    )

@@ -102,8 +102,9 @@ def _op_jvp_rule(draw, layout, recompute, primals, tangents):
   return apply_noise(keep, mult, x, affine), y_dot
 
 
-def noise_op(source, x, params, *, draw, mask_shape, recompute, autodiff, affine=None,
-             global_shape=None):
+def noise_op(
+  source, x, params, *, draw, mask_shape, recompute, autodiff, affine=None, global_shape=None
+):
   """``where(keep, x * mult + shift, fill)`` with noise from `draw`, differentiated by hand.
 
   `draw(source, layout, *params)` gets the `MaskSource` (key words, block offsets) and
@@ -135,7 +136,8 @@ def forward_mode_hint(name: str):
     if _JAX_JVP_ERROR not in str(err):
       raise
     raise TypeError(
-        f"jaxdrop.{name} with autodiff='vjp' (the default) registers its derivative as a "
-        "jax.custom_vjp, which supports reverse mode only (jax.grad, jax.vjp, jax.hessian); "
-        f"for jax.jvp, jax.jacfwd or jax.linearize pass autodiff='jvp' to jaxdrop.{name} "
-        "(same mask, same values and gradients).") from err
+      f"jaxdrop.{name} with autodiff='vjp' (the default) registers its derivative as a "
+      "jax.custom_vjp, which supports reverse mode only (jax.grad, jax.vjp, jax.hessian); "
+      f"for jax.jvp, jax.jacfwd or jax.linearize pass autodiff='jvp' to jaxdrop.{name} "
+      "(same mask, same values and gradients)."
+    ) from err

@@ -31,16 +31,16 @@ def _zeros(out: jax.ShapeDtypeStruct) -> jax.Array:
 
 
 def stochastic_depth(
-    key: jax.Array | None,
-    rate: ArrayLike,
-    branch: Callable[..., Any],
-    x: Any,
-    *args: Any,
-    mode: Literal["batch", "row"] = "batch",
-    batch_axis: int = 0,
-    scale_by_keep: bool = True,
-    deterministic: bool | ArrayLike = False,
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  rate: ArrayLike,
+  branch: Callable[..., Any],
+  x: Any,
+  *args: Any,
+  mode: Literal["batch", "row"] = "batch",
+  batch_axis: int = 0,
+  scale_by_keep: bool = True,
+  deterministic: bool | ArrayLike = False,
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> Any:
   r"""Stochastic depth and LayerDrop that skip a dropped branch's computation.
 
@@ -113,20 +113,30 @@ def stochastic_depth(
     return branch(x, *args)
   key = require_key("stochastic_depth", key, rate, deterministic)
   if mode == "row":
-    return drop_path(key, branch(x, *args), rate, batch_axis=batch_axis,
-                     scale_by_keep=scale_by_keep, deterministic=deterministic,
-                     shard_spec=shard_spec)
+    return drop_path(
+      key,
+      branch(x, *args),
+      rate,
+      batch_axis=batch_axis,
+      scale_by_keep=scale_by_keep,
+      deterministic=deterministic,
+      shard_spec=shard_spec,
+    )
   (t, any_kept, mult), _ = bernoulli_scalars(
-      drop_threshold(rate), jnp.asarray(deterministic),
-      "inverted" if scale_by_keep else "unscaled")
+    drop_threshold(rate), jnp.asarray(deterministic), "inverted" if scale_by_keep else "unscaled"
+  )
   # drop_path's mode="batch" mask: one element, shared by every axis.
   keep = keep_mask(MaskSource(mask_words(key)), MaskLayout((1,)), t, any_kept)[0]
   call = lambda: branch(x, *args)  # closed over: args need not be arrays
   out_shape = jax.eval_shape(call)
   for leaf in jax.tree.leaves(out_shape):
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
-      raise TypeError(f"branch must return floating arrays, got a leaf of dtype "
-                      f"{jnp.dtype(leaf.dtype).name}")
+      raise TypeError(
+        f"branch must return floating arrays, got a leaf of dtype {jnp.dtype(leaf.dtype).name}"
+      )
   # Each leaf times the scale in float32 at least, cast back once, as the family scales.
-  return jax.lax.cond(keep, lambda: jax.tree.map(lambda v: apply_noise(None, mult, v), call()),
-                      lambda: jax.tree.map(_zeros, out_shape))
+  return jax.lax.cond(
+    keep,
+    lambda: jax.tree.map(lambda v: apply_noise(None, mult, v), call()),
+    lambda: jax.tree.map(_zeros, out_shape),
+  )

@@ -88,8 +88,10 @@ def block_position(shard_spec, shape, shared_axes):
       try:
         n = jax.lax.axis_size(name)
       except NameError as err:
-        raise ValueError(f"shard_spec={shard_spec!r} names mesh axis {name!r}, which is not an "
-                         "axis of an enclosing shard_map") from err
+        raise ValueError(
+          f"shard_spec={shard_spec!r} names mesh axis {name!r}, which is not an "
+          "axis of an enclosing shard_map"
+        ) from err
       index, count = index * n + jax.lax.axis_index(name), count * n
     shared = axis in shared_axes
     offsets.append(jnp.asarray(0 if shared else index * size, jnp.uint32))
@@ -107,16 +109,25 @@ def mask_source(key, shape, shard_spec, shared_axes=()):
   return MaskSource(mask_words(key), offsets), global_shape
 
 
-@functools.partial(jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff",
-                                             "shard_spec"))
-def _bernoulli_dropout(key, x, threshold, deterministic, *, shared_axes, kind, recompute, autodiff,
-                       shard_spec):
+@functools.partial(
+  jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff", "shard_spec")
+)
+def _bernoulli_dropout(
+  key, x, threshold, deterministic, *, shared_axes, kind, recompute, autodiff, shard_spec
+):
   params, affine = bernoulli_scalars(threshold, deterministic, kind)
   source, global_shape = mask_source(key, x.shape, shard_spec, shared_axes)
   return noise_op(
-      source, x, params, draw=bernoulli, affine=affine,
-      mask_shape=check.mask_shape(x.shape, shared_axes), recompute=recompute, autodiff=autodiff,
-      global_shape=global_shape)
+    source,
+    x,
+    params,
+    draw=bernoulli,
+    affine=affine,
+    mask_shape=check.mask_shape(x.shape, shared_axes),
+    recompute=recompute,
+    autodiff=autodiff,
+    global_shape=global_shape,
+  )
 
 
 @jax.jit
@@ -128,9 +139,13 @@ def _scale_by_keep(x, threshold):
 
 def check_common(x, rate, deterministic, recompute, autodiff):
   """The checks every member of the family shares; returns the normalised values."""
-  return (check.float_array(x, "x"), check.probability(rate, "rate"),
-          check.flag(deterministic, "deterministic"), check.static_bool(recompute, "recompute"),
-          check.choice(autodiff, AUTODIFF_MODES, "autodiff"))
+  return (
+    check.float_array(x, "x"),
+    check.probability(rate, "rate"),
+    check.flag(deterministic, "deterministic"),
+    check.static_bool(recompute, "recompute"),
+    check.choice(autodiff, AUTODIFF_MODES, "autodiff"),
+  )
 
 
 def checked_key(key) -> jax.Array | None:
@@ -143,14 +158,27 @@ def require_key(name: str, key, rate, deterministic, rate_name: str = "rate") ->
   """A key from `checked_key`, which must not be None here."""
   if key is None:
     raise TypeError(
-        f"{name} needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
-        f"{rate_name} is a concrete 0, got key=None with {rate_name}={rate!r}, "
-        f"deterministic={deterministic!r}")
+      f"{name} needs a PRNG key (e.g. jax.random.key(0)) unless deterministic=True or "
+      f"{rate_name} is a concrete 0, got key=None with {rate_name}={rate!r}, "
+      f"deterministic={deterministic!r}"
+    )
   return key
 
 
-def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes, kind, recompute,
-                  autodiff, shard_spec=None):
+def run_bernoulli(
+  name,
+  key,
+  x,
+  rate,
+  rate_value,
+  deterministic,
+  *,
+  shared_axes,
+  kind,
+  recompute,
+  autodiff,
+  shard_spec=None,
+):
   """The path every Bernoulli member takes once its own arguments are checked."""
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
   key = checked_key(key)
@@ -162,21 +190,30 @@ def run_bernoulli(name, key, x, rate, rate_value, deterministic, *, shared_axes,
   key = require_key(name, key, rate, deterministic)
   threshold = drop_threshold(rate, dtype)
   with forward_mode_hint(name):
-    return _bernoulli_dropout(key, x, threshold, deterministic, shared_axes=shared_axes, kind=kind,
-                              recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+    return _bernoulli_dropout(
+      key,
+      x,
+      threshold,
+      deterministic,
+      shared_axes=shared_axes,
+      kind=kind,
+      recompute=recompute,
+      autodiff=autodiff,
+      shard_spec=shard_spec,
+    )
 
 
 def dropout(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    *,
-    deterministic: bool | ArrayLike = False,
-    broadcast_dims: int | Sequence[int] = (),
-    inverted: bool = True,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  *,
+  deterministic: bool | ArrayLike = False,
+  broadcast_dims: int | Sequence[int] = (),
+  inverted: bool = True,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Randomly zeroes units of `x` with probability `rate` (the DROP probability).
 
@@ -248,8 +285,20 @@ def dropout(
     simple way to prevent neural networks from overfitting", JMLR 15 (2014).
   """
   x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
+    x, rate, deterministic, recompute, autodiff
+  )
   shared_axes = check.axes(broadcast_dims, x.ndim, "broadcast_dims")
   kind = "inverted" if check.static_bool(inverted, "inverted") else "classic"
-  return run_bernoulli("dropout", key, x, rate, rate_value, deterministic, shared_axes=shared_axes,
-                       kind=kind, recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+  return run_bernoulli(
+    "dropout",
+    key,
+    x,
+    rate,
+    rate_value,
+    deterministic,
+    shared_axes=shared_axes,
+    kind=kind,
+    recompute=recompute,
+    autodiff=autodiff,
+    shard_spec=shard_spec,
+  )

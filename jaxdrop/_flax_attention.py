@@ -22,18 +22,23 @@ from . import _validate as check
 from ._attention import dot_product_attention
 
 # `jax.default_matmul_precision` names of the `lax.Precision` values.
-_PRECISION_NAMES = {jax.lax.Precision.DEFAULT: "default", jax.lax.Precision.HIGH: "high",
-                    jax.lax.Precision.HIGHEST: "highest"}
+_PRECISION_NAMES = {
+  jax.lax.Precision.DEFAULT: "default",
+  jax.lax.Precision.HIGH: "high",
+  jax.lax.Precision.HIGHEST: "highest",
+}
 
 
 def no_custom_einsums(**einsums) -> None:
   """Flax's hooks that replace the attention einsums cannot apply: the weights never exist."""
   for name, value in einsums.items():
     if value is not None:
-      raise ValueError(f"{name} is not supported by jaxdrop's attention_fn, got {value!r}: it "
-                       "never forms the attention weights as an einsum operand (chunked "
-                       "attention works block by block); use Flax's own attention_fn for "
-                       "custom einsums")
+      raise ValueError(
+        f"{name} is not supported by jaxdrop's attention_fn, got {value!r}: it "
+        "never forms the attention weights as an einsum operand (chunked "
+        "attention works block by block); use Flax's own attention_fn for "
+        "custom einsums"
+      )
 
 
 def _precision_scope(precision):
@@ -46,8 +51,10 @@ def _precision_scope(precision):
     return jax.default_matmul_precision(precision)
   if precision in _PRECISION_NAMES:
     return jax.default_matmul_precision(_PRECISION_NAMES[precision])
-  raise ValueError(f"precision must be None, a jax.lax.Precision, its name, or a pair of one "
-                   f"of them twice, got {precision!r}")
+  raise ValueError(
+    f"precision must be None, a jax.lax.Precision, its name, or a pair of one "
+    f"of them twice, got {precision!r}"
+  )
 
 
 def _merge_batch(x, batch: tuple[int, ...]):
@@ -58,7 +65,7 @@ def _merge_batch(x, batch: tuple[int, ...]):
   """
   x = jnp.asarray(x)
   x = x.reshape((1,) * (len(batch) + 3 - x.ndim) + x.shape)
-  lead, rest = x.shape[:len(batch)], x.shape[len(batch):]
+  lead, rest = x.shape[: len(batch)], x.shape[len(batch) :]
   if all(size == 1 for size in lead):
     return x.reshape((1,) + rest)
   return jnp.broadcast_to(x, batch + rest).reshape((math.prod(batch),) + rest)
@@ -71,22 +78,42 @@ def _no_dropout(rate, deterministic) -> bool:
   return check.probability(rate, "dropout_rate") == 0.0
 
 
-def flax_attention(query, key, value, bias, mask, *, broadcast_dropout: bool, dropout_rng,
-                   dropout_rate, deterministic, precision, is_causal: bool,
-                   implementation, query_chunk_size: int, key_chunk_size: int):
+def flax_attention(
+  query,
+  key,
+  value,
+  bias,
+  mask,
+  *,
+  broadcast_dropout: bool,
+  dropout_rng,
+  dropout_rate,
+  deterministic,
+  precision,
+  is_causal: bool,
+  implementation,
+  query_chunk_size: int,
+  key_chunk_size: int,
+):
   """`dot_product_attention` called with Flax's arguments; see the module docstring."""
   if query.ndim < 3:
     raise ValueError(f"query must be [batch..., length, heads, depth], got shape {query.shape}")
   if not query.ndim == key.ndim == value.ndim:
-    raise ValueError(f"query, key and value must have the same rank, got shapes {query.shape}, "
-                     f"{key.shape} and {value.shape}")
+    raise ValueError(
+      f"query, key and value must have the same rank, got shapes {query.shape}, "
+      f"{key.shape} and {value.shape}"
+    )
   batch = query.shape[:-3]
   if not batch == key.shape[:-3] == value.shape[:-3]:
-    raise ValueError(f"query, key and value batch dims must match, got shapes {query.shape}, "
-                     f"{key.shape} and {value.shape}")
+    raise ValueError(
+      f"query, key and value batch dims must match, got shapes {query.shape}, "
+      f"{key.shape} and {value.shape}"
+    )
   if dropout_rng is None and not _no_dropout(dropout_rate, deterministic):
-    raise ValueError(f"dropout_rng must be a PRNG key when dropout_rate={dropout_rate!r} and "
-                     f"deterministic={deterministic!r}, got None")
+    raise ValueError(
+      f"dropout_rng must be a PRNG key when dropout_rate={dropout_rate!r} and "
+      f"deterministic={deterministic!r}, got None"
+    )
   if mask is not None:
     mask = jnp.asarray(mask).astype(jnp.bool_)  # Flax masks where the value is zero
   if len(batch) > 1:
@@ -96,8 +123,18 @@ def flax_attention(query, key, value, bias, mask, *, broadcast_dropout: bool, dr
   heads_and_batch = (0, 1) if batch else (0,)
   with _precision_scope(precision):
     out = dot_product_attention(
-        query, key, value, bias, mask, dropout_key=dropout_rng, dropout_rate=dropout_rate,
-        deterministic=deterministic, broadcast_dims=heads_and_batch if broadcast_dropout else (),
-        is_causal=is_causal, implementation=implementation, query_chunk_size=query_chunk_size,
-        key_chunk_size=key_chunk_size)
+      query,
+      key,
+      value,
+      bias,
+      mask,
+      dropout_key=dropout_rng,
+      dropout_rate=dropout_rate,
+      deterministic=deterministic,
+      broadcast_dims=heads_and_batch if broadcast_dropout else (),
+      is_causal=is_causal,
+      implementation=implementation,
+      query_chunk_size=query_chunk_size,
+      key_chunk_size=key_chunk_size,
+    )
   return out.reshape(batch + out.shape[-3:])

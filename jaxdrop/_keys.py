@@ -20,7 +20,9 @@ _PARITY = np.uint32(0x1BD11BDA)
 
 
 def _rotl(v, bits: int):
-  return jax.lax.shift_left(v, np.uint32(bits)) | jax.lax.shift_right_logical(v, np.uint32(32 - bits))
+  return jax.lax.shift_left(v, np.uint32(bits)) | jax.lax.shift_right_logical(
+    v, np.uint32(32 - bits)
+  )
 
 
 def threefry2x32(k0, k1, x0, x1):
@@ -55,7 +57,7 @@ def legacy_key_shape() -> tuple[int, ...]:
   return _legacy_key_shape(jax.config.jax_default_prng_impl)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _legacy_key_shape(impl: str) -> tuple[int, ...]:
   return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
 
@@ -71,25 +73,30 @@ def as_typed_key(key, *, name: str = "key", wrap: bool = True) -> jax.Array:
   if is_typed_key(key):
     if key.shape != ():
       raise ValueError(
-          f"{name} must be a single PRNG key, got a batch of keys of shape {key.shape}; "
-          f"for one mask per key, map over them: jax.vmap(lambda k, x: ..., in_axes=(0, 0))")
+        f"{name} must be a single PRNG key, got a batch of keys of shape {key.shape}; "
+        f"for one mask per key, map over them: jax.vmap(lambda k, x: ..., in_axes=(0, 0))"
+      )
     return key
   dtype = getattr(key, "dtype", None)
   if dtype is None or np.dtype(dtype) != np.uint32:
     raise TypeError(
-        f"{name} must be a PRNG key such as jax.random.key(0) (or a legacy uint32 key from "
-        f"jax.random.PRNGKey), got {type(key).__name__}"
-        + (f" of dtype {np.dtype(dtype).name}" if dtype is not None else f" {key!r}"))
+      f"{name} must be a PRNG key such as jax.random.key(0) (or a legacy uint32 key from "
+      f"jax.random.PRNGKey), got {type(key).__name__}"
+      + (f" of dtype {np.dtype(dtype).name}" if dtype is not None else f" {key!r}")
+    )
   expected = legacy_key_shape()
   if key.shape == expected:
     return jax.random.wrap_key_data(key) if wrap else key
-  if key.shape[-len(expected):] == expected:
+  if key.shape[-len(expected) :] == expected:
     raise ValueError(
-        f"{name} must be a single PRNG key, got a batch of legacy keys of shape {key.shape}; "
-        f"for one mask per key, map over them: jax.vmap(lambda k, x: ..., in_axes=(0, 0))")
+      f"{name} must be a single PRNG key, got a batch of legacy keys of shape {key.shape}; "
+      f"for one mask per key, map over them: jax.vmap(lambda k, x: ..., in_axes=(0, 0))"
+    )
   raise ValueError(
-      f"{name} is a uint32 array of shape {key.shape}, which is not a legacy key of the "
-      f"default implementation {jax.config.jax_default_prng_impl} (shape {expected}); pass a typed key from jax.random.key")
+    f"{name} is a uint32 array of shape {key.shape}, which is not a legacy key of the "
+    f"default implementation {jax.config.jax_default_prng_impl} (shape {expected}); "
+    "pass a typed key from jax.random.key"
+  )
 
 
 def mask_words(key: jax.Array) -> jax.Array:
@@ -100,7 +107,9 @@ def mask_words(key: jax.Array) -> jax.Array:
   with Threefry-2x32, so the mask is drawn the same way, per element and per
   shard, whatever the key's implementation, and per-key under `jax.vmap`.
   """
-  data = (jax.random.key_data(key) if is_typed_key(key) else jnp.asarray(key, jnp.uint32)).reshape(-1)
+  data = (jax.random.key_data(key) if is_typed_key(key) else jnp.asarray(key, jnp.uint32)).reshape(
+    -1
+  )
   words = [data[i] for i in range(data.shape[0])]
   if len(words) % 2:
     words.append(jnp.uint32(0))

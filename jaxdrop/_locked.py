@@ -20,19 +20,22 @@ from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
 
 class DropoutMask(NamedTuple):
   """A drawn dropout mask: `keep` (bool) and the `scale` of kept units. A pytree."""
+
   keep: jax.Array
   scale: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "inverted"))
 def _make_mask(key, threshold, *, shape, inverted):
-  (t, any_kept, scale), _ = bernoulli_scalars(threshold, jnp.bool_(False),
-                                              "inverted" if inverted else "classic")
+  (t, any_kept, scale), _ = bernoulli_scalars(
+    threshold, jnp.bool_(False), "inverted" if inverted else "classic"
+  )
   return DropoutMask(keep_mask(MaskSource(mask_words(key)), MaskLayout(shape), t, any_kept), scale)
 
 
-def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
-              inverted: bool = True) -> DropoutMask:
+def make_mask(
+  key: jax.Array, shape: Sequence[int], rate: ArrayLike, *, inverted: bool = True
+) -> DropoutMask:
   r"""Draws a dropout mask once, to reuse at every step of a loop (locked dropout).
 
   :math:`m \sim \mathrm{Bernoulli}(1 - \text{rate})` of the given shape, with
@@ -75,8 +78,10 @@ def make_mask(key: jax.Array, shape: Sequence[int], rate: ArrayLike, *,
   if rate_value == 0.0:
     return DropoutMask(jnp.ones(shape, bool), jnp.ones((), jnp.float32))
   if key is None:
-    raise TypeError(f"make_mask needs a PRNG key (e.g. jax.random.key(0)) unless rate is a "
-                    f"concrete 0, got key=None with rate={rate!r}")
+    raise TypeError(
+      f"make_mask needs a PRNG key (e.g. jax.random.key(0)) unless rate is a "
+      f"concrete 0, got key=None with rate={rate!r}"
+    )
   return _make_mask(key, drop_threshold(rate), shape=shape, inverted=inverted)
 
 
@@ -85,9 +90,12 @@ def _given(source, layout, keep, scale):
   return keep, scale
 
 
-def apply_mask(mask: DropoutMask, x: ArrayLike, *,
-               autodiff: Literal["vjp", "jvp"] = "vjp") -> jax.Array:
-  r"""Applies a mask from `make_mask`: :math:`y = x \cdot m \cdot \text{scale}`, exact zeros where dropped.
+def apply_mask(
+  mask: DropoutMask, x: ArrayLike, *, autodiff: Literal["vjp", "jvp"] = "vjp"
+) -> jax.Array:
+  r"""Applies a mask from `make_mask`: :math:`y = x \cdot m \cdot \text{scale}`.
+
+  Dropped units are exact zeros.
 
   The derivative is the family's one rule, :math:`\partial x = g \cdot m \cdot
   \text{scale}`; the mask itself gets no gradient. The backward pass keeps the
@@ -112,22 +120,30 @@ def apply_mask(mask: DropoutMask, x: ArrayLike, *,
   x = check.float_array(x, "x")
   autodiff = check.choice(autodiff, AUTODIFF_MODES, "autodiff")
   keep = jnp.asarray(mask.keep)
-  if keep.dtype != np.bool_ or keep.ndim != x.ndim or any(
-      m not in (1, d) for m, d in zip(keep.shape, x.shape)):
+  if (
+    keep.dtype != np.bool_
+    or keep.ndim != x.ndim
+    or any(m not in (1, d) for m, d in zip(keep.shape, x.shape))
+  ):
     hint = tuple(1 if i < x.ndim - keep.ndim else d for i, d in enumerate(x.shape))
     raise ValueError(
-        f"mask of shape {keep.shape} ({keep.dtype}) does not broadcast against x of shape "
-        f"{x.shape} at the same rank: draw it with make_mask(key, shape, rate) for a shape of "
-        f"the same rank as x, with size-1 axes where the mask is shared, e.g. {hint}")
+      f"mask of shape {keep.shape} ({keep.dtype}) does not broadcast against x of shape "
+      f"{x.shape} at the same rank: draw it with make_mask(key, shape, rate) for a shape of "
+      f"the same rank as x, with size-1 axes where the mask is shared, e.g. {hint}"
+    )
   scale = mask.scale
   dtype = getattr(scale, "dtype", None)
   real = (isinstance(scale, (int, float)) and not isinstance(scale, bool)) or (
-      dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)))
+    dtype is not None
+    and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+  )
   if not real:
     raise TypeError(f"mask.scale must be a real scalar, got {scale!r}")
   if jnp.ndim(scale) != 0:
-    raise ValueError(f"mask.scale must be a scalar, got shape {jnp.shape(scale)} (a batch of masks "
-                     "from jax.vmap(make_mask) must be applied inside jax.vmap too)")
+    raise ValueError(
+      f"mask.scale must be a scalar, got shape {jnp.shape(scale)} (a batch of masks "
+      "from jax.vmap(make_mask) must be applied inside jax.vmap too)"
+    )
   with forward_mode_hint("apply_mask"):
     return _apply_mask(keep, jnp.asarray(scale), x, autodiff=autodiff)
 
@@ -135,5 +151,6 @@ def apply_mask(mask: DropoutMask, x: ArrayLike, *,
 @functools.partial(jax.jit, static_argnames=("autodiff",))
 def _apply_mask(keep, scale, x, *, autodiff):
   # Jitted, so that an eager call costs one dispatch rather than one per op.
-  return noise_op(None, x, (keep, scale), draw=_given, mask_shape=keep.shape, recompute=False,
-                  autodiff=autodiff)
+  return noise_op(
+    None, x, (keep, scale), draw=_given, mask_shape=keep.shape, recompute=False, autodiff=autodiff
+  )

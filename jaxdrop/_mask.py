@@ -43,8 +43,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._keys import as_typed_key, mask_words, threefry2x32
 from . import _validate as check
+from ._keys import as_typed_key, mask_words, threefry2x32
 
 STREAM_VERSION = 2
 
@@ -79,6 +79,7 @@ def element_bits(s0: jax.Array, s1: jax.Array, column: jax.Array) -> jax.Array:
 class MaskSource(NamedTuple):
   """Where a mask's bits come from: the two key words and, for a block of a larger array
   (inside `shard_map`), the block's offset along each axis of the global array."""
+
   words: jax.Array
   offsets: tuple[jax.Array, ...] | None = None
 
@@ -90,6 +91,7 @@ class MaskLayout(NamedTuple):
   its own part of the mask (by default explicit-axes JAX would build them whole on every
   device); with auto axes XLA's partitioner does this by itself.
   """
+
   shape: tuple[int, ...]
   spec: tuple[Any, ...] | None = None
   mesh: Any = None
@@ -102,8 +104,11 @@ def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
   mesh = getattr(sharding, "mesh", None)
   if mesh is None or mesh.empty:
     return MaskLayout(shape)
-  explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types)
-              if kind == jax.sharding.AxisType.Explicit}
+  explicit = {
+    name
+    for name, kind in zip(mesh.axis_names, mesh.axis_types)
+    if kind == jax.sharding.AxisType.Explicit
+  }
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
 
   def explicit_only(entry, shared):
@@ -122,8 +127,9 @@ def _iota(layout: MaskLayout, shape, dimension, axes):
   if layout.spec is None:
     return jax.lax.broadcasted_iota(jnp.uint32, shape, dimension)
   spec = P(*(layout.spec[a] if a in axes else None for a in range(len(shape))))
-  return jax.lax.broadcasted_iota(jnp.uint32, shape, dimension,
-                                  out_sharding=NamedSharding(layout.mesh, spec))
+  return jax.lax.broadcasted_iota(
+    jnp.uint32, shape, dimension, out_sharding=NamedSharding(layout.mesh, spec)
+  )
 
 
 def _uint32(size) -> jax.Array | np.uint32:
@@ -156,10 +162,11 @@ def _flipped_bits(source: MaskSource, layout: MaskLayout) -> jax.Array:
   concrete = not any(map(jax.export.is_symbolic_dim, (*global_lead, global_last)))
   if concrete and (math.prod(global_lead) >= 2**32 or global_last >= 2**32):
     raise ValueError(
-        "jaxdrop masks need fewer than 2**32 rows (the product of all axes but the last, here "
-        f"{math.prod(global_lead)}) and fewer than 2**32 columns (the last axis, here {global_last}),"
-        f" got shape {layout.global_shape or shape}; reshaping x to move size into the last axis "
-        "keeps the same number of elements")
+      "jaxdrop masks need fewer than 2**32 rows (the product of all axes but the last, here "
+      f"{math.prod(global_lead)}) and fewer than 2**32 columns (the last axis, here {global_last}),"
+      f" got shape {layout.global_shape or shape}; reshaping x to move size into the last axis "
+      "keeps the same number of elements"
+    )
   offsets = source.offsets or (np.uint32(0),) * len(shape)
   rows, leading = (*lead, 1), range(len(lead))
   row = _iota(layout, rows, len(lead), leading)  # zeros, sharded like the rows
@@ -184,6 +191,7 @@ class Threshold(NamedTuple):
   operations whether the rate is concrete or traced, so both give bit-identical outputs for
   the same value of the rate. `valid` is False for a traced rate outside [0, 1] or NaN.
   """
+
   t: jax.Array
   any_kept: jax.Array
   keep: jax.Array
@@ -195,8 +203,9 @@ class Threshold(NamedTuple):
 def _realised(t: int | jax.Array, any_kept, dtype, xp):
   """``(keep, drop, inverse_keep)`` from the integer threshold, with NumPy (`xp=np`, on the
   host) or jax.numpy (traced): the same float operations, so the same values."""
-  kept_count = xp.where(t == 0, xp.asarray(_TWO32, dtype),
-                        xp.asarray(xp.uint32(0) - xp.uint32(t)).astype(dtype))  # 2**32 - t
+  kept_count = xp.where(
+    t == 0, xp.asarray(_TWO32, dtype), xp.asarray(xp.uint32(0) - xp.uint32(t)).astype(dtype)
+  )  # 2**32 - t
   scale = xp.asarray(1 / _TWO32, dtype)
   keep = xp.where(any_kept, kept_count * scale, 0).astype(dtype)
   drop = xp.where(any_kept, xp.asarray(t).astype(dtype) * scale, 1).astype(dtype)

@@ -16,6 +16,7 @@ from ._keys import as_typed_key
 class MCResult(NamedTuple):
   """Predictive `mean` and `variance` over the samples (pytrees like `fn`'s output), and
   the `samples` themselves (leading axis `num_samples`), or None when not returned."""
+
   mean: Any
   variance: Any
   samples: Any
@@ -33,8 +34,10 @@ def _moments(samples):
   # Accumulated in float32 (float64 for float64 samples), cast explicitly: no implicit
   # promotion, so it also runs under jax_numpy_dtype_promotion="strict".
   acc = lambda s: s.astype(compute_dtype(s.dtype))
-  return (jax.tree.map(lambda s: acc(s).mean(0), samples),
-          jax.tree.map(lambda s: acc(s).var(0), samples))
+  return (
+    jax.tree.map(lambda s: acc(s).mean(0), samples),
+    jax.tree.map(lambda s: acc(s).var(0), samples),
+  )
 
 
 def _combine(a, b):
@@ -42,14 +45,24 @@ def _combine(a, b):
   (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
   n = n_a + n_b
   delta = jax.tree.map(lambda x, y: y - x, mean_a, mean_b)
-  as_dtype_of = lambda v, d: jnp.asarray(v).astype(jnp.result_type(d))  # explicit, for strict promotion
+  as_dtype_of = lambda v, d: jnp.asarray(v).astype(
+    jnp.result_type(d)
+  )  # explicit, for strict promotion
   mean = jax.tree.map(lambda m, d: m + d * as_dtype_of(n_b / n, d), mean_a, delta)
-  m2 = jax.tree.map(lambda x, y, d: x + y + d * d * as_dtype_of(n_a * n_b / n, d), m2_a, m2_b, delta)
+  m2 = jax.tree.map(
+    lambda x, y, d: x + y + d * d * as_dtype_of(n_a * n_b / n, d), m2_a, m2_b, delta
+  )
   return n, mean, m2
 
 
-def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: Any,
-               chunk_size: int | None = None, return_samples: bool = True) -> MCResult:
+def mc_dropout(
+  fn: Callable[..., Any],
+  key: jax.Array,
+  num_samples: int,
+  *args: Any,
+  chunk_size: int | None = None,
+  return_samples: bool = True,
+) -> MCResult:
   r"""Runs a stochastic ``fn(key, *args)`` for `num_samples` keys; returns mean, variance, samples.
 
   With keys :math:`k_1, \ldots, k_T` split from `key`,
@@ -104,8 +117,11 @@ def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: 
     except TypeError as err:
       if "PRNG key" not in str(err):
         raise
-      raise TypeError(f"mc_dropout calls fn(key, *args), the key first, with a fresh key per "
-                      f"sample; calling fn raised: {err}") from err
+      raise TypeError(
+        f"mc_dropout calls fn(key, *args), the key first, with a fresh key per "
+        f"sample; calling fn raised: {err}"
+      ) from err
+
   if return_samples or chunk_size is None:
     samples = jax.lax.map(one, keys, batch_size=chunk_size) if chunk_size else jax.vmap(one)(keys)
     mean, variance = _moments(samples)
@@ -125,6 +141,6 @@ def mc_dropout(fn: Callable[..., Any], key: jax.Array, num_samples: int, *args: 
 
   state, _ = jax.lax.scan(body, first, chunks[1:])
   if rest:
-    state = _combine(state, chunk_stats(keys[full * chunk_size:]))
+    state = _combine(state, chunk_stats(keys[full * chunk_size :]))
   n, mean, m2 = state
   return MCResult(mean, jax.tree.map(lambda m: m / n.astype(m.dtype), m2), None)

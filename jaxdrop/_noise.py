@@ -17,8 +17,7 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import (check_common, checked_key, compute_dtype, mask_source, nan_unless,
-                       require_key)
+from ._dropout import check_common, checked_key, compute_dtype, mask_source, nan_unless, require_key
 from ._mask import mask_layout, standard_normal
 
 
@@ -47,20 +46,27 @@ def _gaussian(key, x, sigma, any_kept, valid, deterministic, *, recompute, autod
   # A traced rate outside [0, 1] keeps every unit with NaN noise while training: a loud output.
   sigma = jnp.where(deterministic, 0, sigma + nan_unless(valid, jnp.float32)).astype(jnp.float32)
   source, global_shape = mask_source(key, x.shape, shard_spec)
-  return noise_op(source, x, (sigma, any_kept | deterministic | ~valid),
-                  draw=_gaussian_draw, mask_shape=x.shape, recompute=recompute, autodiff=autodiff,
-                  global_shape=global_shape)
+  return noise_op(
+    source,
+    x,
+    (sigma, any_kept | deterministic | ~valid),
+    draw=_gaussian_draw,
+    mask_shape=x.shape,
+    recompute=recompute,
+    autodiff=autodiff,
+    global_shape=global_shape,
+  )
 
 
 def gaussian_dropout(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    *,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  *,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Multiplicative Gaussian noise with the variance of Bernoulli dropout at `rate`.
 
@@ -99,15 +105,23 @@ def gaussian_dropout(
     simple way to prevent neural networks from overfitting", JMLR 15 (2014), §10.
   """
   x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
+    x, rate, deterministic, recompute, autodiff
+  )
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
   key = checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return x
   key = require_key("gaussian_dropout", key, rate, deterministic)
   with forward_mode_hint("gaussian_dropout"):
-    return _gaussian(key, x, *_gaussian_sigma(rate, compute_dtype(x.dtype)), deterministic,
-                     recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+    return _gaussian(
+      key,
+      x,
+      *_gaussian_sigma(rate, compute_dtype(x.dtype)),
+      deterministic,
+      recompute=recompute,
+      autodiff=autodiff,
+      shard_spec=shard_spec,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("shard_spec",))
@@ -124,12 +138,12 @@ def _gaussian_noise(key, x, stddev, valid, deterministic, *, shard_spec):
 
 
 def gaussian_noise(
-    key: jax.Array | None,
-    x: ArrayLike,
-    stddev: ArrayLike,
-    *,
-    deterministic: bool | ArrayLike = False,
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  stddev: ArrayLike,
+  *,
+  deterministic: bool | ArrayLike = False,
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Additive Gaussian noise, a regulariser for training (Keras' ``GaussianNoise``).
 

@@ -19,8 +19,14 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import apply_noise, forward_mode_hint, noise_op
-from ._dropout import (AUTODIFF_MODES, checked_key, compute_dtype, mask_source, nan_unless,
-                       require_key)
+from ._dropout import (
+  AUTODIFF_MODES,
+  checked_key,
+  compute_dtype,
+  mask_source,
+  nan_unless,
+  require_key,
+)
 from ._mask import bernoulli, drop_threshold, keep_mask
 
 
@@ -51,10 +57,11 @@ def _expectation(h_prev, h_new, threshold):
   """What a traced ``deterministic=True`` computes, with the same operations: each input
   times its weight, a weight of 0 giving exact zeros (rate 1 ignores an infinite h_new, as
   training does)."""
+
   def combine(h_prev, h_new, weights):
     new, prev = weights
-    return (apply_noise(threshold.any_kept, new, h_new)
-            + apply_noise(threshold.t > 0, prev, h_prev))
+    return apply_noise(threshold.any_kept, new, h_new) + apply_noise(threshold.t > 0, prev, h_prev)
+
   return _both(h_prev, h_new, threshold, jnp.bool_(True), combine)
 
 
@@ -66,29 +73,36 @@ def _zoneout(key, h_prev, h_new, threshold, deterministic, *, recompute, autodif
   # weight is 0 (it gives exact zeros, as its mask does while training).
   testing_or_invalid = deterministic | ~threshold.valid
   t = jnp.where(testing_or_invalid, jnp.uint32(0), threshold.t)
-  op = functools.partial(noise_op, mask_shape=h_new.shape, recompute=recompute,
-                         autodiff=autodiff, global_shape=global_shape)
+  op = functools.partial(
+    noise_op,
+    mask_shape=h_new.shape,
+    recompute=recompute,
+    autodiff=autodiff,
+    global_shape=global_shape,
+  )
 
   def combine(h_prev, h_new, weights):
     new_mult, prev_mult = weights
     new_params = (t, threshold.any_kept | ~threshold.valid, new_mult)
     prev_testing = (deterministic & (threshold.t > 0)) | ~threshold.valid
     prev_params = (threshold.t, threshold.any_kept, prev_testing, prev_mult)
-    return (op(source, h_new, new_params, draw=bernoulli)
-            + op(source, h_prev, prev_params, draw=_previous))
+    return op(source, h_new, new_params, draw=bernoulli) + op(
+      source, h_prev, prev_params, draw=_previous
+    )
+
   return _both(h_prev, h_new, threshold, deterministic, combine)
 
 
 def zoneout(
-    key: jax.Array | None,
-    h_prev: ArrayLike,
-    h_new: ArrayLike,
-    rate: ArrayLike,
-    *,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  h_prev: ArrayLike,
+  h_new: ArrayLike,
+  rate: ArrayLike,
+  *,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Zoneout: each recurrent unit keeps its previous value with probability `rate`.
 
@@ -138,9 +152,11 @@ def zoneout(
   h_prev = check.float_array(h_prev, "h_prev")
   h_new = check.float_array(h_new, "h_new")
   if h_prev.shape != h_new.shape or h_prev.dtype != h_new.dtype:
-    raise ValueError(f"h_prev and h_new must have one shape and dtype, got "
-                     f"{h_prev.dtype.name}{list(h_prev.shape)} and "
-                     f"{h_new.dtype.name}{list(h_new.shape)}")
+    raise ValueError(
+      f"h_prev and h_new must have one shape and dtype, got "
+      f"{h_prev.dtype.name}{list(h_prev.shape)} and "
+      f"{h_new.dtype.name}{list(h_new.shape)}"
+    )
   rate_value = check.probability(rate, "rate")
   deterministic = check.flag(deterministic, "deterministic")
   recompute = check.static_bool(recompute, "recompute")
@@ -154,5 +170,13 @@ def zoneout(
     return _expectation(h_prev, h_new, threshold)
   key = require_key("zoneout", key, rate, deterministic)
   with forward_mode_hint("zoneout"):
-    return _zoneout(key, h_prev, h_new, threshold, jnp.asarray(deterministic),
-                    recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+    return _zoneout(
+      key,
+      h_prev,
+      h_new,
+      threshold,
+      jnp.asarray(deterministic),
+      recompute=recompute,
+      autodiff=autodiff,
+      shard_spec=shard_spec,
+    )

@@ -27,8 +27,10 @@ def _batch_and_channel(x, batch_axis, channel_axis) -> tuple[int | None, int]:
   if len(batch) != 1:
     raise TypeError(f"batch_axis must be one integer axis or None, got {batch_axis!r}")
   if batch == channel:
-    raise ValueError(f"batch_axis and channel_axis must differ, got batch_axis={batch_axis!r} "
-                     f"and channel_axis={channel_axis!r} for an array of {x.ndim} dimensions")
+    raise ValueError(
+      f"batch_axis and channel_axis must differ, got batch_axis={batch_axis!r} "
+      f"and channel_axis={channel_axis!r} for an array of {x.ndim} dimensions"
+    )
   return batch[0], channel[0]
 
 
@@ -36,28 +38,40 @@ def _all_but(ndim: int, *keep: int | None) -> tuple[int, ...]:
   return tuple(axis for axis in range(ndim) if axis not in keep)
 
 
-def _per_channel(name, kind, key, x, rate, channel_axis, batch_axis, deterministic, recompute,
-                 autodiff, shard_spec):
+def _per_channel(
+  name, kind, key, x, rate, channel_axis, batch_axis, deterministic, recompute, autodiff, shard_spec
+):
   """A Bernoulli member with one decision per (example, channel): the mask is shared elsewhere."""
   x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
+    x, rate, deterministic, recompute, autodiff
+  )
   batch, channel = _batch_and_channel(x, batch_axis, channel_axis)
-  return run_bernoulli(name, key, x, rate, rate_value, deterministic,
-                       shared_axes=_all_but(x.ndim, batch, channel), kind=kind,
-                       recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+  return run_bernoulli(
+    name,
+    key,
+    x,
+    rate,
+    rate_value,
+    deterministic,
+    shared_axes=_all_but(x.ndim, batch, channel),
+    kind=kind,
+    recompute=recompute,
+    autodiff=autodiff,
+    shard_spec=shard_spec,
+  )
 
 
 def channel_dropout(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    *,
-    channel_axis: int = -1,
-    batch_axis: int | None = 0,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  *,
+  channel_axis: int = -1,
+  batch_axis: int | None = 0,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Drops whole feature maps: one keep decision per (example, channel).
 
@@ -95,22 +109,33 @@ def channel_dropout(
     Tompson, Goroshin, Jain, LeCun and Bregler, "Efficient object localization
     using convolutional networks", CVPR (2015).
   """
-  return _per_channel("channel_dropout", "inverted", key, x, rate, channel_axis, batch_axis,
-                      deterministic, recompute, autodiff, shard_spec)
+  return _per_channel(
+    "channel_dropout",
+    "inverted",
+    key,
+    x,
+    rate,
+    channel_axis,
+    batch_axis,
+    deterministic,
+    recompute,
+    autodiff,
+    shard_spec,
+  )
 
 
 def drop_path(
-    key: jax.Array | None,
-    x: ArrayLike,
-    rate: ArrayLike,
-    *,
-    batch_axis: int = 0,
-    mode: Literal["row", "batch"] = "row",
-    scale_by_keep: bool = True,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
-    shard_spec: jax.sharding.PartitionSpec | None = None,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  *,
+  batch_axis: int = 0,
+  mode: Literal["row", "batch"] = "row",
+  scale_by_keep: bool = True,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
+  shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Stochastic depth: drops a residual branch whole, per example or for the whole batch.
 
@@ -153,7 +178,8 @@ def drop_path(
     depth", ECCV (2016).
   """
   x, rate_value, deterministic, recompute, autodiff = check_common(
-      x, rate, deterministic, recompute, autodiff)
+    x, rate, deterministic, recompute, autodiff
+  )
   mode = check.choice(mode, ("row", "batch"), "mode")
   kind = "inverted" if check.static_bool(scale_by_keep, "scale_by_keep") else "unscaled"
   if x.ndim == 0:
@@ -165,5 +191,16 @@ def drop_path(
     if len(batch) != 1:
       raise TypeError(f"batch_axis must be one integer axis, got {batch_axis!r}")
     shared = _all_but(x.ndim, batch[0])
-  return run_bernoulli("drop_path", key, x, rate, rate_value, deterministic, shared_axes=shared,
-                       kind=kind, recompute=recompute, autodiff=autodiff, shard_spec=shard_spec)
+  return run_bernoulli(
+    "drop_path",
+    key,
+    x,
+    rate,
+    rate_value,
+    deterministic,
+    shared_axes=shared,
+    kind=kind,
+    recompute=recompute,
+    autodiff=autodiff,
+    shard_spec=shard_spec,
+  )

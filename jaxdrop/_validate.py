@@ -37,17 +37,22 @@ def float_array(x, name: str = "x") -> jax.Array:
   try:
     x = jnp.asarray(x)
   except (TypeError, ValueError) as err:
-    raise TypeError(f"{name} must be an array of a floating dtype, got {type(x).__name__} "
-                    f"{str(x)[:80]!r}") from err
+    raise TypeError(
+      f"{name} must be an array of a floating dtype, got {type(x).__name__} {str(x)[:80]!r}"
+    ) from err
   if x.dtype not in FLOAT_DTYPES:
     # float8 formats are floating too, but x / keep overflows them (to NaN in e4m3fn) and
     # e8m0 has no zero: rejected rather than computed wrongly.
     looks_like_key = x.dtype == jnp.uint32 and x.shape == legacy_key_shape()
     raise TypeError(
-        f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
-        f"got dtype {x.dtype.name}"
-        + (f"; {name} looks like a legacy PRNG key (jax.random.PRNGKey): {_KEY_FIRST}"
-           if looks_like_key else ""))
+      f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
+      f"got dtype {x.dtype.name}"
+      + (
+        f"; {name} looks like a legacy PRNG key (jax.random.PRNGKey): {_KEY_FIRST}"
+        if looks_like_key
+        else ""
+      )
+    )
   return x
 
 
@@ -59,12 +64,12 @@ def _real_scalar(value, name: str, what: str) -> float | None:
   dtype = getattr(value, "dtype", None)
   if dtype is None:
     if not isinstance(value, (int, float)):
-      raise TypeError(f"{name} must be a real number, {what}, got {type(value).__name__} "
-                      f"{value!r}")
+      raise TypeError(f"{name} must be a real number, {what}, got {type(value).__name__} {value!r}")
   else:
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-      raise TypeError(f"{name} must be a real number, {what}, got an array of dtype "
-                      f"{np.dtype(dtype).name}")
+      raise TypeError(
+        f"{name} must be a real number, {what}, got an array of dtype {np.dtype(dtype).name}"
+      )
     if np.ndim(value) != 0:
       raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
   if is_traced(value):
@@ -79,7 +84,9 @@ def probability(value, name: str = "rate") -> float | None:
   """Checks a probability; returns it as a float if concrete, None if traced."""
   number = _real_scalar(value, name, "a probability in [0, 1]")
   if number is not None and not 0.0 <= number <= 1.0:  # also rejects NaN
-    raise ValueError(f"{name} must be in [0, 1] (the probability of dropping a unit), got {value!r}")
+    raise ValueError(
+      f"{name} must be in [0, 1] (the probability of dropping a unit), got {value!r}"
+    )
   return number
 
 
@@ -106,7 +113,9 @@ def flag(value, name: str) -> bool | jax.Array:
 
 def static_bool(value, name: str) -> bool:
   if not isinstance(value, (bool, np.bool_)):
-    raise TypeError(f"{name} must be a Python bool (it selects the program, not a value in it), got {value!r}")
+    raise TypeError(
+      f"{name} must be a Python bool (it selects the program, not a value in it), got {value!r}"
+    )
   return bool(value)
 
 
@@ -122,7 +131,9 @@ def axes(value, ndim: int, name: str) -> tuple[int, ...]:
     except TypeError as err:
       raise TypeError(f"{name} must hold integer axes, got {value!r}") from err
     if not -ndim <= axis < ndim:
-      raise ValueError(f"{name} has axis {axis}, out of range for an array of {ndim} dimensions, got {value!r}")
+      raise ValueError(
+        f"{name} has axis {axis}, out of range for an array of {ndim} dimensions, got {value!r}"
+      )
     out.append(axis % ndim)
   if len(set(out)) != len(out):
     raise ValueError(f"{name} repeats an axis, got {value!r}")

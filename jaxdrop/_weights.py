@@ -14,13 +14,13 @@ from ._dropout import AUTODIFF_MODES, checked_key, require_key, run_bernoulli
 
 
 def drop_connect(
-    key: jax.Array | None,
-    params: Any,
-    rate: ArrayLike,
-    *,
-    deterministic: bool | ArrayLike = False,
-    recompute: bool = True,
-    autodiff: Literal["vjp", "jvp"] = "vjp",
+  key: jax.Array | None,
+  params: Any,
+  rate: ArrayLike,
+  *,
+  deterministic: bool | ArrayLike = False,
+  recompute: bool = True,
+  autodiff: Literal["vjp", "jvp"] = "vjp",
 ) -> Any:
   r"""DropConnect: drops individual weights, one independent mask per leaf of a pytree.
 
@@ -28,7 +28,8 @@ def drop_connect(
 
   .. math::
 
-     \tilde W = W \odot M / (1 - \text{rate}), \qquad M_{ij} \sim \mathrm{Bernoulli}(1 - \text{rate}),
+     \tilde W = W \odot M / (1 - \text{rate}), \qquad
+     M_{ij} \sim \mathrm{Bernoulli}(1 - \text{rate}),
 
   each leaf with its own key, ``jax.random.fold_in(key, leaf_index)``. Survivors
   are scaled by 1/keep (inverted, as weight-dropped RNNs do), so evaluation uses
@@ -69,17 +70,31 @@ def drop_connect(
     except TypeError as err:
       raise TypeError(f"drop_connect needs floating array leaves, got {leaf!r} at {where}") from err
     if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at {where}")
+      raise TypeError(
+        f"drop_connect needs floating leaves, got dtype {np.dtype(dtype).name} at {where}"
+      )
   key = checked_key(key)
   if deterministic is True or rate_value == 0.0:
     return params
   key = require_key("drop_connect", key, rate, deterministic)
-  out = [_bernoulli_leaf(jax.random.fold_in(key, i), leaf, rate, deterministic, recompute, autodiff)
-         for i, (_, leaf) in enumerate(leaves)]
+  out = [
+    _bernoulli_leaf(jax.random.fold_in(key, i), leaf, rate, deterministic, recompute, autodiff)
+    for i, (_, leaf) in enumerate(leaves)
+  ]
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _bernoulli_leaf(key, leaf, rate, deterministic, recompute, autodiff):
   leaf = check.float_array(leaf, "params leaf")
-  return run_bernoulli("drop_connect", key, leaf, rate, None, deterministic, shared_axes=(),
-                       kind="inverted", recompute=recompute, autodiff=autodiff)
+  return run_bernoulli(
+    "drop_connect",
+    key,
+    leaf,
+    rate,
+    None,
+    deterministic,
+    shared_axes=(),
+    kind="inverted",
+    recompute=recompute,
+    autodiff=autodiff,
+  )

@@ -30,14 +30,18 @@ def load_mnist1d(seed: int = 42) -> dict[str, np.ndarray]:
   args = get_dataset_args()
   args.seed = seed
   data = make_dataset(args)
-  return {k: np.asarray(data[k], np.float32 if k.startswith("x") else np.int32)
-          for k in ("x", "y", "x_test", "y_test")}
+  return {
+    k: np.asarray(data[k], np.float32 if k.startswith("x") else np.int32)
+    for k in ("x", "y", "x_test", "y_test")
+  }
 
 
 def init_mlp(key, sizes):
   keys = jax.random.split(key, len(sizes) - 1)
-  return [{"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros((1, n))}
-          for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
+  return [
+    {"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros((1, n))}
+    for k, m, n in zip(keys, sizes[:-1], sizes[1:])
+  ]
 
 
 def mlp(params, x, key, rate, deterministic):
@@ -85,12 +89,18 @@ def plot_curves(steps, train, test, rate, path):
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for run, (label, color) in enumerate([("no dropout", "tab:red"), (f"dropout {rate}", "tab:blue")]):
+  for run, (label, color) in enumerate(
+    [("no dropout", "tab:red"), (f"dropout {rate}", "tab:blue")]
+  ):
     ax.plot(steps, train[:, run], color=color, linestyle="--", label=f"{label}: train")
     ax.plot(steps, test[:, run], color=color, label=f"{label}: test")
   ax.axhline(0.68, color="gray", linewidth=0.8, linestyle=":", label="paper's MLP (test)")
-  ax.set(xlabel="training step", ylabel="accuracy", ylim=(0, 1.02),
-         title="MNIST-1D, 40-512-512-10 MLP: train vs test accuracy")
+  ax.set(
+    xlabel="training step",
+    ylabel="accuracy",
+    ylim=(0, 1.02),
+    title="MNIST-1D, 40-512-512-10 MLP: train vs test accuracy",
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
@@ -101,15 +111,18 @@ def main(argv=None) -> dict[str, float]:
   class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
-  parser = argparse.ArgumentParser(prog="python -m jaxdrop.demo", description=__doc__,
-                                   formatter_class=Formatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m jaxdrop.demo", description=__doc__, formatter_class=Formatter
+  )
   parser.add_argument("--steps", type=int, default=4000, help="training steps")
   parser.add_argument("--rate", type=float, default=0.5, help="dropout rate, the DROP probability")
   parser.add_argument("--hidden", type=int, default=512, help="width of both hidden layers")
   parser.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and masks")
   parser.add_argument("--batch", type=int, default=256, help="minibatch size")
   parser.add_argument("--lr", type=float, default=1e-3, help="adamw learning rate")
-  parser.add_argument("--weight-decay", type=float, default=1e-4, help="adamw weight decay (both runs)")
+  parser.add_argument(
+    "--weight-decay", type=float, default=1e-4, help="adamw weight decay (both runs)"
+  )
   parser.add_argument("--chunks", type=int, default=20, help="progress lines (and curve points)")
   parser.add_argument("--out", default="jaxdrop_demo.png", help="where to save the learning curves")
   args = parser.parse_args(argv)
@@ -135,26 +148,36 @@ def main(argv=None) -> dict[str, float]:
   chunks = min(args.chunks, args.steps)
   bounds = np.linspace(0, args.steps, chunks + 1).astype(int)
   keys = jax.random.split(train_key, args.steps)
-  print(f"MNIST-1D: {len(data['y'])} train / {len(data['y_test'])} test sequences; MLP "
-        f"{data['x'].shape[1]}-{args.hidden}-{args.hidden}-10, adamw lr {args.lr} weight decay "
-        f"{args.weight_decay}, batch {args.batch}, {args.steps} steps; runs: no dropout | dropout {args.rate}")
+  print(
+    f"MNIST-1D: {len(data['y'])} train / {len(data['y_test'])} test sequences; MLP "
+    f"{data['x'].shape[1]}-{args.hidden}-{args.hidden}-10, adamw lr {args.lr} weight decay "
+    f"{args.weight_decay}, batch {args.batch}, {args.steps} steps; "
+    f"runs: no dropout | dropout {args.rate}"
+  )
   steps, train, test = [], [], []
   for i in range(chunks):
-    params, opt_state, train_acc, test_acc = run_chunk(params, opt_state, rates,
-                                                       keys[bounds[i]:bounds[i + 1]])
+    params, opt_state, train_acc, test_acc = run_chunk(
+      params, opt_state, rates, keys[bounds[i] : bounds[i + 1]]
+    )
     train_acc, test_acc = np.asarray(train_acc), np.asarray(test_acc)
     steps.append(bounds[i + 1])
     train.append(train_acc)
     test.append(test_acc)
     bar = "#" * round(20 * (i + 1) / chunks)
-    print(f"[{bar:<20}] step {bounds[i + 1]:>5}  train {train_acc[0]:.3f} | {train_acc[1]:.3f}   "
-          f"test {test_acc[0]:.3f} | {test_acc[1]:.3f}", flush=True)
+    print(
+      f"[{bar:<20}] step {bounds[i + 1]:>5}  train {train_acc[0]:.3f} | {train_acc[1]:.3f}   "
+      f"test {test_acc[0]:.3f} | {test_acc[1]:.3f}",
+      flush=True,
+    )
   train, test = np.array(train), np.array(test)
   plot_curves(steps, train, test, args.rate, args.out)
 
   print("\n| run | train accuracy | test accuracy | train - test |\n|---|---:|---:|---:|")
   for run, label in enumerate(["no dropout", f"dropout {args.rate}"]):
-    print(f"| {label} | {train[-1, run]:.3f} | {test[-1, run]:.3f} | {train[-1, run] - test[-1, run]:+.3f} |")
+    print(
+      f"| {label} | {train[-1, run]:.3f} | {test[-1, run]:.3f} "
+      f"| {train[-1, run] - test[-1, run]:+.3f} |"
+    )
   print(f"\nlearning curves saved to {args.out}; {time.perf_counter() - start:.0f} s in all")
   print(f"test accuracy  no-dropout={test[-1, 0]:.3f}  dropout={test[-1, 1]:.3f}")
   return {"no_dropout": float(test[-1, 0]), "dropout": float(test[-1, 1])}

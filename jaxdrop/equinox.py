@@ -34,8 +34,15 @@ from ._dropout import dropout
 from ._noise import gaussian_dropout
 from ._structured import channel_dropout, drop_path
 
-__all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
-           "DropPath", "DropBlock"]
+__all__ = [
+  "Dropout",
+  "ChannelDropout",
+  "AlphaDropout",
+  "FeatureAlphaDropout",
+  "GaussianDropout",
+  "DropPath",
+  "DropBlock",
+]
 
 
 def _run(module, x, key, inference, function, **options):
@@ -49,9 +56,11 @@ def _run(module, x, key, inference, function, **options):
   if inference is True or rate_value == 0.0:
     return x
   if key is None:
-    raise RuntimeError(f"{type(module).__name__} requires a key when running in "
-                       "non-deterministic mode: pass key=..., or inference=True (or switch the "
-                       "model with eqx.nn.inference_mode)")
+    raise RuntimeError(
+      f"{type(module).__name__} requires a key when running in "
+      "non-deterministic mode: pass key=..., or inference=True (or switch the "
+      "model with eqx.nn.inference_mode)"
+    )
   return function(key, x, module.p, deterministic=inference, **options)
 
 
@@ -72,12 +81,21 @@ class Dropout(eqx.nn.Dropout):
     True
   """
 
-  def __call__(self, x, *, key: jax.Array | None = None, inference: bool | None = None,
-               deterministic: bool | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x,
+    *,
+    key: jax.Array | None = None,
+    inference: bool | None = None,
+    deterministic: bool | None = None,
+  ) -> jax.Array:
     if deterministic is not None:
       inference = deterministic
-      warnings.warn("Dropout()(deterministic=...) is deprecated in favour of "
-                    "Dropout()(inference=...), as in eqx.nn.Dropout", stacklevel=2)
+      warnings.warn(
+        "Dropout()(deterministic=...) is deprecated in favour of "
+        "Dropout()(inference=...), as in eqx.nn.Dropout",
+        stacklevel=2,
+      )
     return _run(self, x, key, inference, dropout)
 
 
@@ -94,8 +112,9 @@ class _Member(eqx.Module):
   _function = None
   _options = ()
 
-  def __call__(self, x, *, key: jax.Array | None = None,
-               inference: bool | None = None) -> jax.Array:
+  def __call__(
+    self, x, *, key: jax.Array | None = None, inference: bool | None = None
+  ) -> jax.Array:
     options = {name: getattr(self, name) for name in self._options}
     return _run(self, x, key, inference, self._function, **options)
 
@@ -143,8 +162,9 @@ class DropPath(_Member):
 
   batch_axis: int | None = eqx.field(static=True, default=None)
 
-  def __call__(self, x, *, key: jax.Array | None = None,
-               inference: bool | None = None) -> jax.Array:
+  def __call__(
+    self, x, *, key: jax.Array | None = None, inference: bool | None = None
+  ) -> jax.Array:
     if self.batch_axis is None:
       return _run(self, x, key, inference, drop_path, mode="batch")
     return _run(self, x, key, inference, drop_path, batch_axis=self.batch_axis, mode="row")

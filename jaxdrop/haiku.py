@@ -26,8 +26,15 @@ from ._noise import gaussian_dropout as _gaussian_dropout
 from ._structured import channel_dropout as _channel_dropout
 from ._structured import drop_path as _drop_path
 
-__all__ = ["dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
-           "gaussian_dropout", "drop_path", "drop_block"]
+__all__ = [
+  "dropout",
+  "channel_dropout",
+  "alpha_dropout",
+  "feature_alpha_dropout",
+  "gaussian_dropout",
+  "drop_path",
+  "drop_block",
+]
 
 
 def _rng(rng, rate):
@@ -37,8 +44,9 @@ def _rng(rng, rate):
   return rng
 
 
-def dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike,
-            broadcast_dims: Sequence[int] = ()) -> jax.Array:
+def dropout(
+  rng: jax.Array, rate: ArrayLike, x: ArrayLike, broadcast_dims: Sequence[int] = ()
+) -> jax.Array:
   """``hk.dropout(rng, rate, x, broadcast_dims)`` as `jaxdrop.dropout`.
 
   `rate` is the probability of DROPPING each unit, in [0, 1], and may be traced; kept units
@@ -56,11 +64,13 @@ def dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike,
   return _dropout(_rng(rng, rate), x, rate, broadcast_dims=broadcast_dims)
 
 
-def channel_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1,
-                    batch_axis: int | None = 0) -> jax.Array:
+def channel_dropout(
+  rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1, batch_axis: int | None = 0
+) -> jax.Array:
   """`jaxdrop.channel_dropout` in Haiku's order: drops whole channels, one draw per example."""
-  return _channel_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis,
-                          batch_axis=batch_axis)
+  return _channel_dropout(
+    _rng(rng, rate), x, rate, channel_axis=channel_axis, batch_axis=batch_axis
+  )
 
 
 def alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
@@ -68,11 +78,13 @@ def alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
   return _alpha_dropout(_rng(rng, rate), x, rate)
 
 
-def feature_alpha_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1,
-                          batch_axis: int | None = 0) -> jax.Array:
+def feature_alpha_dropout(
+  rng: jax.Array, rate: ArrayLike, x: ArrayLike, channel_axis: int = -1, batch_axis: int | None = 0
+) -> jax.Array:
   """`jaxdrop.feature_alpha_dropout` in Haiku's order: alpha dropout of whole channels."""
-  return _feature_alpha_dropout(_rng(rng, rate), x, rate, channel_axis=channel_axis,
-                                batch_axis=batch_axis)
+  return _feature_alpha_dropout(
+    _rng(rng, rate), x, rate, channel_axis=channel_axis, batch_axis=batch_axis
+  )
 
 
 def gaussian_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array:
@@ -80,13 +92,23 @@ def gaussian_dropout(rng: jax.Array, rate: ArrayLike, x: ArrayLike) -> jax.Array
   return _gaussian_dropout(_rng(rng, rate), x, rate)
 
 
-def drop_path(rng: jax.Array, rate: ArrayLike, x: ArrayLike, batch_axis: int = 0,
-              mode: Literal["row", "batch"] = "row") -> jax.Array:
+def drop_path(
+  rng: jax.Array,
+  rate: ArrayLike,
+  x: ArrayLike,
+  batch_axis: int = 0,
+  mode: Literal["row", "batch"] = "row",
+) -> jax.Array:
   """`jaxdrop.drop_path` in Haiku's order: stochastic depth on a residual branch."""
   return _drop_path(_rng(rng, rate), x, rate, batch_axis=batch_axis, mode=mode)
 
 
-def drop_block(rng: jax.Array, rate: ArrayLike, x: ArrayLike, block_size: int,
-               spatial_axes: Sequence[int] = (1, 2)) -> jax.Array:
+def drop_block(
+  rng: jax.Array,
+  rate: ArrayLike,
+  x: ArrayLike,
+  block_size: int,
+  spatial_axes: Sequence[int] = (1, 2),
+) -> jax.Array:
   """`jaxdrop.drop_block` in Haiku's order: drops square blocks of NHWC feature maps."""
   return _drop_block(_rng(rng, rate), x, rate, block_size, spatial_axes=spatial_axes)

@@ -34,8 +34,16 @@ from ._flax_attention import flax_attention, no_custom_einsums
 from ._noise import gaussian_dropout
 from ._structured import channel_dropout, drop_path
 
-__all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
-           "DropPath", "DropBlock", "attention_fn"]
+__all__ = [
+  "Dropout",
+  "ChannelDropout",
+  "AlphaDropout",
+  "FeatureAlphaDropout",
+  "GaussianDropout",
+  "DropPath",
+  "DropBlock",
+  "attention_fn",
+]
 
 
 def _run(module, inputs, deterministic, rng, function, **options):
@@ -45,8 +53,9 @@ def _run(module, inputs, deterministic, rng, function, **options):
   concrete rate of 1 gives zeros without one, as in Flax). A traced `deterministic` goes on to
   jaxdrop, which takes it.
   """
-  deterministic = check.flag(nn.merge_param("deterministic", module.deterministic, deterministic),
-                             "deterministic")
+  deterministic = check.flag(
+    nn.merge_param("deterministic", module.deterministic, deterministic), "deterministic"
+  )
   rate = module.rate
   rate_value = check.probability(rate, "rate")
   if deterministic is True or rate_value == 0.0:
@@ -157,13 +166,29 @@ class DropBlock(_Member):
   _options = ("block_size", "spatial_axes")
 
 
-def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
-                 dropout_rng=None, dropout_rate=0.0, deterministic: bool = False, dtype=None,
-                 precision=None, module: nn.Module | None = None,
-                 force_fp32_for_softmax: bool = False, einsum_dot_general=None,
-                 qk_attn_weights_einsum=None, attn_weights_value_einsum=None, *,
-                 is_causal: bool = False, implementation: Literal["xla", "chunked"] | None = None,
-                 query_chunk_size: int = 512, key_chunk_size: int = 512) -> jax.Array:
+def attention_fn(
+  query,
+  key,
+  value,
+  bias=None,
+  mask=None,
+  broadcast_dropout: bool = True,
+  dropout_rng=None,
+  dropout_rate=0.0,
+  deterministic: bool = False,
+  dtype=None,
+  precision=None,
+  module: nn.Module | None = None,
+  force_fp32_for_softmax: bool = False,
+  einsum_dot_general=None,
+  qk_attn_weights_einsum=None,
+  attn_weights_value_einsum=None,
+  *,
+  is_causal: bool = False,
+  implementation: Literal["xla", "chunked"] | None = None,
+  query_chunk_size: int = 512,
+  key_chunk_size: int = 512,
+) -> jax.Array:
   """``nn.dot_product_attention``'s signature over `jaxdrop.dot_product_attention`.
 
   Pass it as ``nn.MultiHeadDotProductAttention(..., attention_fn=jaxdrop.linen.attention_fn)``.
@@ -183,19 +208,40 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
     >>> layer.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)}).shape
     (1, 5, 8)
   """
-  no_custom_einsums(einsum_dot_general=einsum_dot_general,
-                    qk_attn_weights_einsum=qk_attn_weights_einsum,
-                    attn_weights_value_einsum=attn_weights_value_einsum)
+  no_custom_einsums(
+    einsum_dot_general=einsum_dot_general,
+    qk_attn_weights_einsum=qk_attn_weights_einsum,
+    attn_weights_value_einsum=attn_weights_value_einsum,
+  )
   query, key, value = _flax_dtypes.promote_dtype(query, key, value, dtype=dtype)
   if module is not None:
     sown_mask = mask
     if is_causal:  # Linen's weights function has no is_causal: the same as a mask
       causal = jnp.tril(jnp.ones((query.shape[-3], key.shape[-3]), jnp.bool_))
       sown_mask = causal if mask is None else jnp.logical_and(mask, causal)
-    _flax_weights(query, key, bias, sown_mask, dtype=dtype, precision=precision, module=module,
-                  force_fp32_for_softmax=force_fp32_for_softmax)
-  return flax_attention(query, key, value, bias, mask, broadcast_dropout=broadcast_dropout,
-                        dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-                        deterministic=deterministic, precision=precision, is_causal=is_causal,
-                        implementation=implementation, query_chunk_size=query_chunk_size,
-                        key_chunk_size=key_chunk_size)
+    _flax_weights(
+      query,
+      key,
+      bias,
+      sown_mask,
+      dtype=dtype,
+      precision=precision,
+      module=module,
+      force_fp32_for_softmax=force_fp32_for_softmax,
+    )
+  return flax_attention(
+    query,
+    key,
+    value,
+    bias,
+    mask,
+    broadcast_dropout=broadcast_dropout,
+    dropout_rng=dropout_rng,
+    dropout_rate=dropout_rate,
+    deterministic=deterministic,
+    precision=precision,
+    is_causal=is_causal,
+    implementation=implementation,
+    query_chunk_size=query_chunk_size,
+    key_chunk_size=key_chunk_size,
+  )

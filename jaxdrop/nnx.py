@@ -38,8 +38,16 @@ from ._flax_attention import flax_attention
 from ._noise import gaussian_dropout
 from ._structured import channel_dropout, drop_path
 
-__all__ = ["Dropout", "ChannelDropout", "AlphaDropout", "FeatureAlphaDropout", "GaussianDropout",
-           "DropPath", "DropBlock", "attention_fn"]
+__all__ = [
+  "Dropout",
+  "ChannelDropout",
+  "AlphaDropout",
+  "FeatureAlphaDropout",
+  "GaussianDropout",
+  "DropPath",
+  "DropBlock",
+  "attention_fn",
+]
 
 Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
@@ -73,9 +81,11 @@ def _run(module, inputs, deterministic, rngs, function, **options):
   if deterministic is None:
     deterministic = module.deterministic
   if deterministic is None:
-    raise ValueError(f"No `deterministic` argument was provided to {name}: pass deterministic= "
-                     "to its constructor or call, or switch the model with model.train() / "
-                     "model.eval() or nnx.view(model, deterministic=...)")
+    raise ValueError(
+      f"No `deterministic` argument was provided to {name}: pass deterministic= "
+      "to its constructor or call, or switch the model with model.train() / "
+      "model.eval() or nnx.view(model, deterministic=...)"
+    )
   deterministic = check.flag(deterministic, "deterministic")
   rate, rate_value = _rate_value(module.rate)
   if deterministic is True or rate_value == 0.0:
@@ -84,9 +94,11 @@ def _run(module, inputs, deterministic, rngs, function, **options):
     return jnp.zeros_like(check.float_array(inputs, "inputs"))
   rngs = module.rngs if rngs is None else rngs
   if rngs is None:
-    raise ValueError(f"`deterministic` is False, but no `rngs` argument was provided to {name} "
-                     "as either a __call__ argument or class attribute: construct it with "
-                     "rngs=nnx.Rngs(...) or call it with rngs=")
+    raise ValueError(
+      f"`deterministic` is False, but no `rngs` argument was provided to {name} "
+      "as either a __call__ argument or class attribute: construct it with "
+      "rngs=nnx.Rngs(...) or call it with rngs="
+    )
   if isinstance(rngs, nnx.Rngs):
     key = rngs[module.rng_collection]()
   elif isinstance(rngs, nnx.RngStream):
@@ -94,8 +106,9 @@ def _run(module, inputs, deterministic, rngs, function, **options):
   elif isinstance(rngs, jax.Array):
     key = rngs
   else:
-    raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or a key, got "
-                    f"{type(rngs).__name__}")
+    raise TypeError(
+      f"rngs must be an nnx.Rngs, an nnx.RngStream or a key, got {type(rngs).__name__}"
+    )
   return function(key, inputs, rate, deterministic=deterministic, **options)
 
 
@@ -128,12 +141,23 @@ class Dropout(nnx.Dropout):
     True
   """
 
-  def __init__(self, rate: float, *, broadcast_dims: Sequence[int] = (),
-               deterministic: bool | None = False, rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float,
+    *,
+    broadcast_dims: Sequence[int] = (),
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     _rate_value(rate)
-    super().__init__(rate, broadcast_dims=broadcast_dims, deterministic=deterministic,
-                     rng_collection=rng_collection, rngs=rngs)
+    super().__init__(
+      rate,
+      broadcast_dims=broadcast_dims,
+      deterministic=deterministic,
+      rng_collection=rng_collection,
+      rngs=rngs,
+    )
 
   def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
     return _run(self, inputs, deterministic, rngs, dropout, broadcast_dims=self.broadcast_dims)
@@ -149,8 +173,14 @@ class _Member(nnx.Module):
   _function = None
   _options: tuple[str, ...] = ()
 
-  def __init__(self, rate: float, *, deterministic: bool | None = False,
-               rng_collection: str = "dropout", rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float,
+    *,
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     _rate_value(rate)
     self.rate = rate
     self.deterministic = deterministic
@@ -176,9 +206,16 @@ class _PerChannel(_Member):
 
   _options = ("channel_axis", "batch_axis")
 
-  def __init__(self, rate: float, *, channel_axis: int = -1, batch_axis: int | None = 0,
-               deterministic: bool | None = False, rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float,
+    *,
+    channel_axis: int = -1,
+    batch_axis: int | None = 0,
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.channel_axis, self.batch_axis = channel_axis, batch_axis
 
@@ -213,9 +250,16 @@ class DropPath(_Member):
   _function = staticmethod(drop_path)
   _options = ("batch_axis", "mode")
 
-  def __init__(self, rate: float, *, batch_axis: int = 0, mode: Literal["row", "batch"] = "row",
-               deterministic: bool | None = False, rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float,
+    *,
+    batch_axis: int = 0,
+    mode: Literal["row", "batch"] = "row",
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.batch_axis, self.mode = batch_axis, mode
 
@@ -230,19 +274,40 @@ class DropBlock(_Member):
   _function = staticmethod(drop_block)
   _options = ("block_size", "spatial_axes")
 
-  def __init__(self, rate: float, block_size: int = 7, *, spatial_axes: Sequence[int] = (1, 2),
-               deterministic: bool | None = False, rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float,
+    block_size: int = 7,
+    *,
+    spatial_axes: Sequence[int] = (1, 2),
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.block_size, self.spatial_axes = block_size, tuple(spatial_axes)
 
 
-def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: bool = True,
-                 dropout_rng=None, dropout_rate=0.0, deterministic: bool = False, dtype=None,
-                 precision=None, module: nnx.Module | None = None,
-                 promote_dtype=_flax_dtypes.promote_dtype, is_causal: bool = False, *,
-                 implementation: Literal["xla", "chunked"] | None = None,
-                 query_chunk_size: int = 512, key_chunk_size: int = 512) -> jax.Array:
+def attention_fn(
+  query,
+  key,
+  value,
+  bias=None,
+  mask=None,
+  broadcast_dropout: bool = True,
+  dropout_rng=None,
+  dropout_rate=0.0,
+  deterministic: bool = False,
+  dtype=None,
+  precision=None,
+  module: nnx.Module | None = None,
+  promote_dtype=_flax_dtypes.promote_dtype,
+  is_causal: bool = False,
+  *,
+  implementation: Literal["xla", "chunked"] | None = None,
+  query_chunk_size: int = 512,
+  key_chunk_size: int = 512,
+) -> jax.Array:
   """``nnx.dot_product_attention``'s signature over `jaxdrop.dot_product_attention`.
 
   Pass it as ``nnx.MultiHeadAttention(..., attention_fn=jaxdrop.nnx.attention_fn)``: the
@@ -266,10 +331,30 @@ def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout: boo
   """
   query, key, value = promote_dtype((query, key, value), dtype=dtype)
   if module is not None:
-    _flax_weights(query, key, bias, mask, dtype=dtype, precision=precision, module=module,
-                  promote_dtype=promote_dtype, is_causal=is_causal)
-  return flax_attention(query, key, value, bias, mask, broadcast_dropout=broadcast_dropout,
-                        dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-                        deterministic=deterministic, precision=precision, is_causal=is_causal,
-                        implementation=implementation, query_chunk_size=query_chunk_size,
-                        key_chunk_size=key_chunk_size)
+    _flax_weights(
+      query,
+      key,
+      bias,
+      mask,
+      dtype=dtype,
+      precision=precision,
+      module=module,
+      promote_dtype=promote_dtype,
+      is_causal=is_causal,
+    )
+  return flax_attention(
+    query,
+    key,
+    value,
+    bias,
+    mask,
+    broadcast_dropout=broadcast_dropout,
+    dropout_rng=dropout_rng,
+    dropout_rate=dropout_rate,
+    deterministic=deterministic,
+    precision=precision,
+    is_causal=is_causal,
+    implementation=implementation,
+    query_chunk_size=query_chunk_size,
+    key_chunk_size=key_chunk_size,
+  )

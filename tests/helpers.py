@@ -9,14 +9,14 @@ import jaxdrop
 
 # Every array member of the family as f(key, x, rate, **options), on NHWC-like arrays.
 MEMBERS = {
-    "dropout": jaxdrop.dropout,
-    "channel_dropout": jaxdrop.channel_dropout,
-    "alpha_dropout": jaxdrop.alpha_dropout,
-    "feature_alpha_dropout": jaxdrop.feature_alpha_dropout,
-    "gaussian_dropout": jaxdrop.gaussian_dropout,
-    "drop_path": jaxdrop.drop_path,
-    "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 3, **kw),
-    "drop_connect": jaxdrop.drop_connect,
+  "dropout": jaxdrop.dropout,
+  "channel_dropout": jaxdrop.channel_dropout,
+  "alpha_dropout": jaxdrop.alpha_dropout,
+  "feature_alpha_dropout": jaxdrop.feature_alpha_dropout,
+  "gaussian_dropout": jaxdrop.gaussian_dropout,
+  "drop_path": jaxdrop.drop_path,
+  "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 3, **kw),
+  "drop_connect": jaxdrop.drop_connect,
 }
 
 

@@ -56,8 +56,11 @@ def _options(kind, b, n, t, s):
     mask[0, 1, 5, :6] = False  # masked wherever causality lets it look: averages all keys
     return {"mask": jnp.asarray(mask), "is_causal": True}
   if kind == "lengths":
-    return {"query_seq_lengths": jnp.asarray([t - 4, 3], jnp.int32),
-            "key_value_seq_lengths": jnp.asarray([s, 0], jnp.int32), "is_causal": True}
+    return {
+      "query_seq_lengths": jnp.asarray([t - 4, 3], jnp.int32),
+      "key_value_seq_lengths": jnp.asarray([s, 0], jnp.int32),
+      "is_causal": True,
+    }
   raise ValueError(kind)
 
 
@@ -66,9 +69,11 @@ CHUNKS = {"query_chunk_size": 8, "key_chunk_size": 5}  # neither divides T = 19 
 
 
 def _attend(q, k, v, impl, rate=0.0, **options):
-  return jax.jit(lambda q, k, v: jaxdrop.dot_product_attention(
-      q, k, v, dropout_key=DROP_KEY, dropout_rate=rate, implementation=impl, **CHUNKS,
-      **options))(q, k, v)
+  return jax.jit(
+    lambda q, k, v: jaxdrop.dot_product_attention(
+      q, k, v, dropout_key=DROP_KEY, dropout_rate=rate, implementation=impl, **CHUNKS, **options
+    )
+  )(q, k, v)
 
 
 def _grads(fn, q, k, v, options):
@@ -86,41 +91,61 @@ def _grads(fn, q, k, v, options):
 
 def _close(a, b, rtol, atol):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+      np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=rtol, atol=atol
+    )
 
 
-@pytest.mark.parametrize("kind,heads_k", [(kind, 2) for kind in KINDS]
-                         + [("causal_mask", 4), ("causal_mask", 1)])
+@pytest.mark.parametrize(
+  "kind,heads_k", [(kind, 2) for kind in KINDS] + [("causal_mask", 4), ("causal_mask", 1)]
+)
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
 def test_without_dropout_equals_jax_nn(kind, impl, heads_k):
   q, k, v = _inputs(k=heads_k)
   options = _options(kind, 2, 4, 19, 13)
   expected = _jax_nn(q, k, v, **options, implementation="xla")
   for det in ({"dropout_rate": 0.0}, {"dropout_rate": 0.5, "deterministic": True}):
-    out = jax.jit(lambda q, k, v: jaxdrop.dot_product_attention(
-        q, k, v, **options, **det, implementation=impl, **CHUNKS))(q, k, v)
+    out = jax.jit(
+      lambda q, k, v: jaxdrop.dot_product_attention(
+        q, k, v, **options, **det, implementation=impl, **CHUNKS
+      )
+    )(q, k, v)
     _close(out, expected, rtol=1e-5, atol=1e-6)
   # A traced deterministic=True takes the dropout path (for "xla", jaxdrop's own materialised
   # computation rather than jax.nn's): it must compute the same attention.
-  out = jax.jit(lambda q, k, v, det: jaxdrop.dot_product_attention(
-      q, k, v, **options, dropout_key=DROP_KEY, dropout_rate=0.5, deterministic=det,
-      implementation=impl, **CHUNKS))(q, k, v, jnp.bool_(True))
+  out = jax.jit(
+    lambda q, k, v, det: jaxdrop.dot_product_attention(
+      q,
+      k,
+      v,
+      **options,
+      dropout_key=DROP_KEY,
+      dropout_rate=0.5,
+      deterministic=det,
+      implementation=impl,
+      **CHUNKS,
+    )
+  )(q, k, v, jnp.bool_(True))
   _close(out, expected, rtol=1e-5, atol=1e-6)
   if impl == "xla":
     return  # without dropout "xla" is jax.nn.dot_product_attention itself
   ours = _grads(lambda *a, **o: _attend(*a, impl, **o), q, k, v, dict(options))
-  theirs = _grads(lambda *a, **o: _jax_nn(*a, **o, implementation="xla"),
-                  q, k, v, dict(options))
+  theirs = _grads(lambda *a, **o: _jax_nn(*a, **o, implementation="xla"), q, k, v, dict(options))
   _close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,rate", [(kind, 0.5) for kind in KINDS]
-                         + [("causal_mask", 0.1), ("plain", 1.0)])
+@pytest.mark.parametrize(
+  "kind,rate", [(kind, 0.5) for kind in KINDS] + [("causal_mask", 0.1), ("plain", 1.0)]
+)
 def test_chunked_equals_xla_with_dropout(kind, rate):
   q, k, v = _inputs(k=2)
   options = _options(kind, 2, 4, 19, 13)
-  _close(_attend(q, k, v, "chunked", rate, **options), _attend(q, k, v, "xla", rate, **options),
-         rtol=1e-5, atol=1e-6)
+  _close(
+    _attend(q, k, v, "chunked", rate, **options),
+    _attend(q, k, v, "xla", rate, **options),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   ours = _grads(lambda *a, **o: _attend(*a, "chunked", rate, **o), q, k, v, dict(options))
   ref = _grads(lambda *a, **o: _attend(*a, "xla", rate, **o), q, k, v, dict(options))
   _close(ours, ref, rtol=1e-4, atol=1e-5)
@@ -133,9 +158,12 @@ def test_half_precision_chunked_close_to_xla(dtype, tol):
   out = _attend(q, k, v, "chunked", 0.2, **options)
   assert out.dtype == dtype
   _close(out, _attend(q, k, v, "xla", 0.2, **options), rtol=tol, atol=tol)
-  _close(_grads(lambda *a, **o: _attend(*a, "chunked", 0.2, **o), q, k, v, dict(options)),
-         _grads(lambda *a, **o: _attend(*a, "xla", 0.2, **o), q, k, v, dict(options)),
-         rtol=4 * tol, atol=4 * tol)
+  _close(
+    _grads(lambda *a, **o: _attend(*a, "chunked", 0.2, **o), q, k, v, dict(options)),
+    _grads(lambda *a, **o: _attend(*a, "xla", 0.2, **o), q, k, v, dict(options)),
+    rtol=4 * tol,
+    atol=4 * tol,
+  )
 
 
 def _revealed_weights(impl, rate, broadcast_dims=(), batched=True, **options):
@@ -145,17 +173,27 @@ def _revealed_weights(impl, rate, broadcast_dims=(), batched=True, **options):
   v = jnp.broadcast_to(jnp.eye(s)[None, :, None, :], (b, s, n, s))
   if not batched:
     q, k, v = q[0], k[0], v[0]
-  out = jaxdrop.dot_product_attention(q, k, v, dropout_key=DROP_KEY, dropout_rate=rate,
-                                      broadcast_dims=broadcast_dims, implementation=impl,
-                                      query_chunk_size=4, key_chunk_size=4, **options)
+  out = jaxdrop.dot_product_attention(
+    q,
+    k,
+    v,
+    dropout_key=DROP_KEY,
+    dropout_rate=rate,
+    broadcast_dims=broadcast_dims,
+    implementation=impl,
+    query_chunk_size=4,
+    key_chunk_size=4,
+    **options,
+  )
   weights = jnp.moveaxis(out, -2, -3)  # (..., T, N, S) -> (..., N, T, S)
   plain = _jax_nn(q, k, v, **options)
   return weights, jnp.moveaxis(plain, -2, -3)
 
 
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
-@pytest.mark.parametrize("broadcast_dims,batched", [((), True), ((0, 1), True), ((1,), True),
-                                                    ((), False), ((0,), False)])
+@pytest.mark.parametrize(
+  "broadcast_dims,batched", [((), True), ((0, 1), True), ((1,), True), ((), False), ((0,), False)]
+)
 def test_zero_pattern_is_dropouts_mask_on_the_weights(impl, broadcast_dims, batched):
   rate = 0.4
   weights, plain = _revealed_weights(impl, rate, broadcast_dims, batched, is_causal=True)
@@ -169,8 +207,16 @@ def test_dropped_fraction_of_weights_is_binomial():
   q, k, v = _inputs(b=4, t=64, s=64, n=4, k=4, h=64)
   v = jnp.broadcast_to(jnp.eye(64)[None, :, None, :], (4, 64, 4, 64))
   rate = 0.3
-  out = jaxdrop.dot_product_attention(q, k, v, dropout_key=DROP_KEY, dropout_rate=rate,
-                                      implementation="chunked", query_chunk_size=16, key_chunk_size=16)
+  out = jaxdrop.dot_product_attention(
+    q,
+    k,
+    v,
+    dropout_key=DROP_KEY,
+    dropout_rate=rate,
+    implementation="chunked",
+    query_chunk_size=16,
+    key_chunk_size=16,
+  )
   n = out.size
   dropped = int(jnp.sum(out == 0))
   assert abs(dropped - n * rate) <= Z * math.sqrt(n * rate * (1 - rate)), (dropped, n * rate)
@@ -184,8 +230,16 @@ def test_traced_rate_and_deterministic_do_not_retrace(impl):
   @jax.jit
   def f(rate, det):
     traces.append(1)
-    return jaxdrop.dot_product_attention(q, k, v, dropout_key=DROP_KEY, dropout_rate=rate,
-                                         deterministic=det, implementation=impl, **CHUNKS)
+    return jaxdrop.dot_product_attention(
+      q,
+      k,
+      v,
+      dropout_key=DROP_KEY,
+      dropout_rate=rate,
+      deterministic=det,
+      implementation=impl,
+      **CHUNKS,
+    )
 
   expected = _jax_nn(q, k, v)
   _close(f(0.3, jnp.bool_(True)), expected, 1e-5, 1e-6)
@@ -201,31 +255,52 @@ def test_composes_with_vmap_scan_and_checkpoint():
   keys = jax.random.split(DROP_KEY, 3)
 
   def layer(x, key, impl):
-    return jaxdrop.dot_product_attention(x, k, v, dropout_key=key, dropout_rate=0.2,
-                                         implementation=impl, is_causal=True, **CHUNKS)
+    return jaxdrop.dot_product_attention(
+      x, k, v, dropout_key=key, dropout_rate=0.2, implementation=impl, is_causal=True, **CHUNKS
+    )
 
   def stack(x, impl):
     body = jax.checkpoint(lambda x, key: (layer(x, key, impl), None))
     return jnp.sum(jax.lax.scan(body, x, keys)[0] ** 2)
 
-  _close(jax.jit(jax.grad(stack), static_argnums=1)(q, "chunked"),
-         jax.grad(stack)(q, "xla"), 1e-4, 1e-5)
+  _close(
+    jax.jit(jax.grad(stack), static_argnums=1)(q, "chunked"), jax.grad(stack)(q, "xla"), 1e-4, 1e-5
+  )
   # vmap over the batch (one example at a time, unbatched) with per-example keys.
-  per_example = jax.vmap(lambda q, k, v, key: jaxdrop.dot_product_attention(
-      q, k, v, dropout_key=key, dropout_rate=0.2, implementation="chunked", **CHUNKS))
+  per_example = jax.vmap(
+    lambda q, k, v, key: jaxdrop.dot_product_attention(
+      q, k, v, dropout_key=key, dropout_rate=0.2, implementation="chunked", **CHUNKS
+    )
+  )
   out = per_example(q, k, v, jax.random.split(DROP_KEY, 2))
   for i, key in enumerate(jax.random.split(DROP_KEY, 2)):
-    _close(out[i], jaxdrop.dot_product_attention(q[i], k[i], v[i], dropout_key=key,
-                                                 dropout_rate=0.2, implementation="xla"), 1e-5, 1e-6)
+    _close(
+      out[i],
+      jaxdrop.dot_product_attention(
+        q[i], k[i], v[i], dropout_key=key, dropout_rate=0.2, implementation="xla"
+      ),
+      1e-5,
+      1e-6,
+    )
 
 
 def _temp_bytes(impl, t):
   q, k, v = (jax.ShapeDtypeStruct((1, t, 2, 16), jnp.float32) for _ in range(3))
 
   def loss(q, k, v):
-    return jnp.sum(jaxdrop.dot_product_attention(
-        q, k, v, dropout_key=DROP_KEY, dropout_rate=0.1, is_causal=True, implementation=impl,
-        query_chunk_size=128, key_chunk_size=128))
+    return jnp.sum(
+      jaxdrop.dot_product_attention(
+        q,
+        k,
+        v,
+        dropout_key=DROP_KEY,
+        dropout_rate=0.1,
+        is_causal=True,
+        implementation=impl,
+        query_chunk_size=128,
+        key_chunk_size=128,
+      )
+    )
 
   compiled = jax.jit(jax.value_and_grad(loss, (0, 1, 2))).lower(q, k, v).compile()
   return compiled.memory_analysis().temp_size_in_bytes
@@ -262,8 +337,15 @@ def test_logits_below_the_masking_value_and_half_precision_masks_match_jax_nn(im
     args = [a.astype(dtype) for a in (q, k, v)]
     expected = _jax_nn(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask))
     for det in ({"dropout_rate": 0.0}, {"dropout_rate": 0.5, "deterministic": jnp.bool_(True)}):
-      out = jaxdrop.dot_product_attention(*args, bias=jnp.asarray(bias), mask=jnp.asarray(mask),
-                                          dropout_key=DROP_KEY, implementation=impl, **det, **CHUNKS)
+      out = jaxdrop.dot_product_attention(
+        *args,
+        bias=jnp.asarray(bias),
+        mask=jnp.asarray(mask),
+        dropout_key=DROP_KEY,
+        implementation=impl,
+        **det,
+        **CHUNKS,
+      )
       assert bool(jnp.all(jnp.isfinite(out)))
       _close(out, expected, rtol=tol, atol=tol)
 
@@ -272,18 +354,28 @@ def test_logits_below_the_masking_value_and_half_precision_masks_match_jax_nn(im
 def test_empty_sequences_and_unbatched_gradients(impl):
   q, k, v = _inputs()
   for t, s in ((0, 13), (19, 0)):
-    out = jaxdrop.dot_product_attention(q[:, :t], k[:, :s], v[:, :s], dropout_key=DROP_KEY,
-                                        dropout_rate=0.3, implementation=impl)
+    out = jaxdrop.dot_product_attention(
+      q[:, :t], k[:, :s], v[:, :s], dropout_key=DROP_KEY, dropout_rate=0.3, implementation=impl
+    )
     np.testing.assert_array_equal(out, _jax_nn(q[:, :t], k[:, :s], v[:, :s]))
   unbatched = lambda impl: lambda q, k, v, **o: _attend(q[0], k[0], v[0], impl, 0.3, **o)[None]
-  _close(_grads(unbatched(impl), q, k, v, _options("causal_mask", 2, 4, 19, 13)),
-         _grads(unbatched("xla"), q, k, v, _options("causal_mask", 2, 4, 19, 13)), 1e-4, 1e-5)
+  _close(
+    _grads(unbatched(impl), q, k, v, _options("causal_mask", 2, 4, 19, 13)),
+    _grads(unbatched("xla"), q, k, v, _options("causal_mask", 2, 4, 19, 13)),
+    1e-4,
+    1e-5,
+  )
 
 
 def test_forward_mode_needs_xla_and_says_so():
   q, k, v = _inputs()
-  f = lambda impl: lambda q: jnp.sum(jaxdrop.dot_product_attention(
-      q, k, v, dropout_key=DROP_KEY, dropout_rate=0.3, implementation=impl, **CHUNKS))
+  f = lambda impl: (
+    lambda q: jnp.sum(
+      jaxdrop.dot_product_attention(
+        q, k, v, dropout_key=DROP_KEY, dropout_rate=0.3, implementation=impl, **CHUNKS
+      )
+    )
+  )
   with pytest.raises(TypeError, match="implementation='xla'"):
     jax.jvp(f("chunked"), (q,), (q,))
   _, tangent = jax.jvp(f("xla"), (q,), (q,))
@@ -294,43 +386,91 @@ def test_bias_shapes_dtypes_and_scale_as_jax_nn_accepts_them():
   q, k, v = _inputs()
   for bias in (jnp.ones((19, 13)), jnp.ones((4, 19, 13), jnp.int32), jnp.ones((1, 13))):
     for impl in ("xla", "chunked"):
-      out = jaxdrop.dot_product_attention(q, k, v, bias=bias, scale=jnp.float32(0.5),
-                                          implementation=impl, **CHUNKS)
+      out = jaxdrop.dot_product_attention(
+        q, k, v, bias=bias, scale=jnp.float32(0.5), implementation=impl, **CHUNKS
+      )
       _close(out, _jax_nn(q, k, v, bias=bias, scale=0.5), 1e-5, 1e-6)
   with pytest.raises(TypeError, match="scale must be a concrete real number"):
     jax.jit(lambda s: jaxdrop.dot_product_attention(q, k, v, scale=s))(0.5)
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, dropout_rate=0.1), TypeError,
-     "needs a PRNG key"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, dropout_key=DROP_KEY, dropout_rate=1.5),
-     ValueError, "dropout_rate must be in"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k[:, :, :1, :4], v), ValueError,
-     "key and value must have shape"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, jnp.ones((2, 13, 3, 8)), jnp.ones((2, 13, 3, 8))), ValueError,
-     "multiple of the number of key/value heads"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k.astype(jnp.bfloat16), v), TypeError,
-     "share one dtype"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, mask=jnp.ones((2, 4, 19, 13))),
-     TypeError, "mask must be boolean"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((2, 3, 19, 13))),
-     ValueError, "bias must broadcast"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((1, 2, 4, 19, 13))),
-     ValueError, "bias must broadcast"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, query_seq_lengths=jnp.ones(3, jnp.int32)),
-     ValueError, r"query_seq_lengths must be an integer array of shape \(2,\)"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, implementation="flash"), ValueError,
-     "implementation must be one of"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, query_chunk_size=0), ValueError,
-     "query_chunk_size must be a positive integer"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, broadcast_dims=(4,)), ValueError,
-     "broadcast_dims has axis 4"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(DROP_KEY, k, v), TypeError,
-     "query is a PRNG key"),
-    (lambda q, k, v: jaxdrop.dot_product_attention(q[0], k, v), ValueError,
-     "all be"),
-])
+@pytest.mark.parametrize(
+  "call,error,match",
+  [
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, dropout_rate=0.1),
+      TypeError,
+      "needs a PRNG key",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(
+        q, k, v, dropout_key=DROP_KEY, dropout_rate=1.5
+      ),
+      ValueError,
+      "dropout_rate must be in",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k[:, :, :1, :4], v),
+      ValueError,
+      "key and value must have shape",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(
+        q, jnp.ones((2, 13, 3, 8)), jnp.ones((2, 13, 3, 8))
+      ),
+      ValueError,
+      "multiple of the number of key/value heads",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k.astype(jnp.bfloat16), v),
+      TypeError,
+      "share one dtype",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, mask=jnp.ones((2, 4, 19, 13))),
+      TypeError,
+      "mask must be boolean",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((2, 3, 19, 13))),
+      ValueError,
+      "bias must broadcast",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((1, 2, 4, 19, 13))),
+      ValueError,
+      "bias must broadcast",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(
+        q, k, v, query_seq_lengths=jnp.ones(3, jnp.int32)
+      ),
+      ValueError,
+      r"query_seq_lengths must be an integer array of shape \(2,\)",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, implementation="flash"),
+      ValueError,
+      "implementation must be one of",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, query_chunk_size=0),
+      ValueError,
+      "query_chunk_size must be a positive integer",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, broadcast_dims=(4,)),
+      ValueError,
+      "broadcast_dims has axis 4",
+    ),
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(DROP_KEY, k, v),
+      TypeError,
+      "query is a PRNG key",
+    ),
+    (lambda q, k, v: jaxdrop.dot_product_attention(q[0], k, v), ValueError, "all be"),
+  ],
+)
 def test_bad_input(call, error, match):
   q, k, v = _inputs()
   with pytest.raises(error, match=match):

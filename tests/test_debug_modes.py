@@ -5,15 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import MEMBERS
 
 import jaxdrop
-from helpers import MEMBERS
 
 KEY = jax.random.key(0)
 X = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
 
 
-@pytest.mark.parametrize("check", [jax.debug_nans, jax.debug_infs], ids=["debug_nans", "debug_infs"])
+@pytest.mark.parametrize(
+  "check", [jax.debug_nans, jax.debug_infs], ids=["debug_nans", "debug_infs"]
+)
 @pytest.mark.parametrize("name", MEMBERS)
 def test_no_nan_or_inf_is_built_on_valid_input_op_by_op(name, check):
   # The usual way to hunt a NaN: every op run eagerly with the check on. A valid call must not

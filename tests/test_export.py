@@ -6,22 +6,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import MEMBERS
 from jax import export
 
 import jaxdrop
-from helpers import MEMBERS
 
 KEY = jax.random.key(0)
 # Symbolic batch and sequence sizes; drop_block's spatial axes (1, 2) must be concrete (see the
 # test after the first).
 # The members that are not f(key, x, rate), as such functions.
-EXPORTED = dict(MEMBERS, **{
+EXPORTED = dict(
+  MEMBERS,
+  **{
     "gaussian_noise": jaxdrop.gaussian_noise,
     "zoneout": lambda k, x, r: jaxdrop.zoneout(k, -x, x, r),
     "stochastic_depth": lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.tanh, x),
-})
-SPECS = {name: "b, 6, 6, 3" if name.startswith("drop_block") else "b, t, 6, 3"
-         for name in EXPORTED}
+  },
+)
+SPECS = {name: "b, 6, 6, 3" if name.startswith("drop_block") else "b, t, 6, 3" for name in EXPORTED}
 
 
 @pytest.mark.parametrize("name", EXPORTED)
@@ -55,7 +57,8 @@ def test_drop_block_with_symbolic_spatial_sizes_is_a_clear_error():
 
 def test_random_bits_of_a_symbolic_shape_are_the_concrete_bits():
   exported = export.export(jax.jit(lambda k, x: jaxdrop.dropout(k, x, 0.5)))(
-      KEY, jax.ShapeDtypeStruct(export.symbolic_shape("b, 1000"), jnp.float32))
+    KEY, jax.ShapeDtypeStruct(export.symbolic_shape("b, 1000"), jnp.float32)
+  )
   x = jax.random.normal(jax.random.key(1), (5, 1000))
   y = exported.call(KEY, x)
   np.testing.assert_array_equal(y, jaxdrop.dropout(KEY, x, 0.5))

@@ -9,8 +9,8 @@ import pytest
 from helpers import MEMBERS, observed_mask, reference_dropout
 
 import jaxdrop
-from jaxdrop._dropout import ALPHA_PRIME
 from jaxdrop._block import _coverage, coverage_table, seed_rate
+from jaxdrop._dropout import ALPHA_PRIME
 
 Z = 5.0
 KEY = jax.random.key(7)
@@ -23,7 +23,6 @@ def _x(shape=SHAPE, dtype=jnp.float32, seed=1):
 
 
 class TestSharedContract:
-
   @pytest.mark.parametrize("name", MEMBERS)
   @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
   def test_dtype_and_shape_kept(self, name, dtype):
@@ -47,7 +46,9 @@ class TestSharedContract:
         np.testing.assert_array_equal(y, x)
       else:
         np.testing.assert_array_equal(y, jnp.zeros_like(x))
-      grad = jax.grad(lambda x: jnp.sum(jnp.where(jnp.isfinite(x), MEMBERS[name](KEY, x, rate), 0)))(x)
+      grad = jax.grad(
+        lambda x: jnp.sum(jnp.where(jnp.isfinite(x), MEMBERS[name](KEY, x, rate), 0))
+      )(x)
       assert not bool(jnp.any(jnp.isnan(grad)))
 
   @pytest.mark.parametrize("name", MEMBERS)
@@ -124,15 +125,19 @@ def _binomial_bound(n, p):
 
 
 class TestChannelDropout:
-
-  @pytest.mark.parametrize("channel_axis,batch_axis,shape", [
-      (-1, 0, (16, 5, 5, 12)), (1, 0, (16, 12, 5, 5)), (-1, None, (5, 5, 12)), (1, 0, (16, 12, 40))])
+  @pytest.mark.parametrize(
+    "channel_axis,batch_axis,shape",
+    [(-1, 0, (16, 5, 5, 12)), (1, 0, (16, 12, 5, 5)), (-1, None, (5, 5, 12)), (1, 0, (16, 12, 40))],
+  )
   def test_whole_maps_dropped_and_survivors_scaled(self, channel_axis, batch_axis, shape):
     x = _x(shape)
     y = jaxdrop.channel_dropout(KEY, x, 0.4, channel_axis=channel_axis, batch_axis=batch_axis)
     kept = y != 0
-    axes = tuple(a for a in range(len(shape)) if a not in
-                 {channel_axis % len(shape)} | ({batch_axis} if batch_axis is not None else set()))
+    axes = tuple(
+      a
+      for a in range(len(shape))
+      if a not in {channel_axis % len(shape)} | ({batch_axis} if batch_axis is not None else set())
+    )
     np.testing.assert_array_equal(kept.all(axes), kept.any(axes))  # each map all or nothing
     np.testing.assert_array_equal(y[kept], (x * (1 / np.float32(0.6)))[kept])
 
@@ -146,24 +151,27 @@ class TestChannelDropout:
     x = _x()
     mask = observed_mask(KEY, SHAPE, 0.5, broadcast_dims=(1, 2))
     np.testing.assert_array_equal(
-        mask, jaxdrop.channel_dropout(KEY, jnp.ones(SHAPE), 0.5) != 0)  # the same draw
+      mask, jaxdrop.channel_dropout(KEY, jnp.ones(SHAPE), 0.5) != 0
+    )  # the same draw
     g = jax.grad(lambda x: jnp.sum(jnp.sin(jaxdrop.channel_dropout(KEY, x, 0.5))))(x)
     ref = jax.grad(lambda x: jnp.sum(jnp.sin(reference_dropout(mask, x, 2.0))))(x)
     np.testing.assert_array_equal(g, ref)
 
-  @pytest.mark.parametrize("kwargs,error,match", [
+  @pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
       (dict(channel_axis=4), ValueError, "channel_axis has axis 4, out of range"),
       (dict(batch_axis=-5), ValueError, "batch_axis has axis -5, out of range"),
       (dict(channel_axis=0), ValueError, "batch_axis and channel_axis must differ"),
       (dict(channel_axis=(1, 2)), TypeError, "channel_axis must be one integer axis"),
-  ])
+    ],
+  )
   def test_bad_axes(self, kwargs, error, match):
     with pytest.raises(error, match=match):
       jaxdrop.channel_dropout(KEY, _x(), 0.5, **kwargs)
 
 
 class TestAlphaDropout:
-
   @staticmethod
   def _affine(rate):
     # Klambauer et al. (and PyTorch's alpha_dropout), written out independently.
@@ -187,7 +195,9 @@ class TestAlphaDropout:
     a, b = self._affine(np.float64(np.float32(rate)))
     mask = observed_mask(KEY, SHAPE, rate)
     y = jaxdrop.alpha_dropout(KEY, x, rate)
-    np.testing.assert_allclose(y, np.where(mask, a * x + b, a * ALPHA_PRIME + b), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      y, np.where(mask, a * x + b, a * ALPHA_PRIME + b), rtol=1e-6, atol=1e-6
+    )
     g = jax.grad(lambda x: jnp.sum(jnp.sin(jaxdrop.alpha_dropout(KEY, x, rate))))(x)
     ref = jax.grad(lambda x: jnp.sum(jnp.sin(jnp.where(mask, a * x + b, a * ALPHA_PRIME + b))))(x)
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
@@ -204,7 +214,6 @@ class TestAlphaDropout:
 
 
 class TestGaussianDropout:
-
   @pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
   def test_noise_moments_and_normality(self, rate):
     n = 2**20
@@ -217,10 +226,13 @@ class TestGaussianDropout:
 
   def test_noise_is_finite_and_symmetric_at_the_extreme_bits(self):
     from jaxdrop._mask import normal_from_bits
+
     bits = jnp.array([0, 255, 256, 2**31, 2**32 - 257, 2**32 - 1], jnp.uint32)
     z = np.asarray(normal_from_bits(bits))
     assert np.all(np.isfinite(z)) and 5.4 < z[-1] < 5.5
-    np.testing.assert_allclose([z[0], z[2]], [-z[5], -z[4]], rtol=1e-6)  # k and 2**24 - 1 - k mirror
+    np.testing.assert_allclose(
+      [z[0], z[2]], [-z[5], -z[4]], rtol=1e-6
+    )  # k and 2**24 - 1 - k mirror
     assert z[0] == z[1] and abs(z[3]) < 1e-6  # only the top 24 bits count; the middle is 0
 
   def test_gradient_is_g_times_the_same_noise(self):
@@ -234,7 +246,6 @@ class TestGaussianDropout:
 
 
 class TestDropPath:
-
   def test_each_example_dropped_whole_or_scaled(self):
     x = _x((4096, 3, 5))
     y = jaxdrop.drop_path(KEY, x, 0.25)
@@ -246,8 +257,10 @@ class TestDropPath:
   def test_batch_axis_and_batch_mode(self):
     y = jaxdrop.drop_path(KEY, jnp.ones((3, 1000)), 0.5, batch_axis=1)
     assert bool(jnp.all(y.min(0) == y.max(0)))
-    outcomes = [bool(jnp.all(jaxdrop.drop_path(k, jnp.ones((6, 4)), 0.3, mode="batch") == 0))
-                for k in jax.random.split(KEY, 400)]
+    outcomes = [
+      bool(jnp.all(jaxdrop.drop_path(k, jnp.ones((6, 4)), 0.3, mode="batch") == 0))
+      for k in jax.random.split(KEY, 400)
+    ]
     for k in jax.random.split(KEY, 5):
       y = jaxdrop.drop_path(k, jnp.ones((6, 4)), 0.3, mode="batch")
       assert bool(jnp.all(y == 0)) or bool(jnp.all(y == np.float32(1 / 0.7)))
@@ -273,13 +286,12 @@ def _dilate_erode(dropped, b):
   full = np.zeros_like(dropped)
   for i in range(h - b + 1):
     for j in range(w - b + 1):
-      window = dropped[:, i:i + b, j:j + b, :].all((1, 2))
-      full[:, i:i + b, j:j + b, :] |= window[:, None, None, :]
+      window = dropped[:, i : i + b, j : j + b, :].all((1, 2))
+      full[:, i : i + b, j : j + b, :] |= window[:, None, None, :]
   return full
 
 
 class TestDropBlock:
-
   @pytest.mark.parametrize("b", [1, 3, 4])
   def test_dropped_units_form_whole_blocks(self, b):
     y = jaxdrop.drop_block(KEY, jnp.ones((8, 12, 12, 4)), 0.2, b)
@@ -305,14 +317,26 @@ class TestDropBlock:
     for rate in map(np.float32, (1e-6, 0.05, 0.5, 0.99, 1 - 2**-24, 1.0)):
       np.testing.assert_array_equal(f(rate), jaxdrop.drop_block(KEY, x, rate, 3))
 
-  @pytest.mark.parametrize("sizes,b", [((32, 32), 7), ((224, 224), 7), ((7, 7), 7), ((50,), 5),
-                                       ((16, 16, 16), 5), ((8, 8), 1), ((100, 3), 3)])
+  @pytest.mark.parametrize(
+    "sizes,b",
+    [
+      ((32, 32), 7),
+      ((224, 224), 7),
+      ((7, 7), 7),
+      ((50,), 5),
+      ((16, 16, 16), 5),
+      ((8, 8), 1),
+      ((100, 3), 3),
+    ],
+  )
   @pytest.mark.parametrize("rate", [1e-9, 1e-3, 0.1, 0.5, 0.9, 0.999, 1 - 2**-20])
   def test_seed_rate_solves_the_expected_fraction(self, sizes, b, rate):
     # Against bisection in float64 on the plain per-position sum (no table, no Newton).
     coverage = np.ones(sizes)
     for axis, size in enumerate(sizes):
-      coverage = coverage * _coverage(size, b).reshape([-1 if a == axis else 1 for a in range(len(sizes))])
+      coverage = coverage * _coverage(size, b).reshape(
+        [-1 if a == axis else 1 for a in range(len(sizes))]
+      )
     fraction = lambda g: np.mean(1 - (1 - g) ** coverage)
     low, high = 0.0, 1.0
     for _ in range(200):
@@ -334,10 +358,14 @@ class TestDropBlock:
     mask = ones != 0
     n = np.outer(_coverage(10, b), _coverage(10, b))[None, :, :, None]
     # The realised seed rate is gamma's 32-bit threshold t / 2**32.
-    gamma = int(np.round(np.float64(seed_rate(np.float32(rate), *coverage_table((10, 10), b))) * 2**32)) / 2**32
+    gamma = (
+      int(np.round(np.float64(seed_rate(np.float32(rate), *coverage_table((10, 10), b))) * 2**32))
+      / 2**32
+    )
     scale = 1 / (1 - gamma) ** n
-    np.testing.assert_allclose(np.asarray(ones)[np.asarray(mask)],
-                               np.broadcast_to(scale, shape)[np.asarray(mask)], rtol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(ones)[np.asarray(mask)], np.broadcast_to(scale, shape)[np.asarray(mask)], rtol=1e-5
+    )
     g = jax.grad(lambda x: jnp.sum(jnp.sin(jaxdrop.drop_block(KEY, x, rate, b))))(x)
     ref = jax.grad(lambda x: jnp.sum(jnp.sin(jnp.where(mask, x * ones, 0))))(x)
     np.testing.assert_allclose(g, ref, rtol=1e-6)
@@ -346,26 +374,32 @@ class TestDropBlock:
   def test_nchw_and_one_dimensional(self):
     y = jaxdrop.drop_block(KEY, jnp.ones((4, 2, 12, 12)), 0.3, 3, spatial_axes=(2, 3))
     np.testing.assert_array_equal(
-        _dilate_erode(np.moveaxis(np.asarray(y == 0), 1, -1), 3), np.moveaxis(np.asarray(y == 0), 1, -1))
+      _dilate_erode(np.moveaxis(np.asarray(y == 0), 1, -1), 3),
+      np.moveaxis(np.asarray(y == 0), 1, -1),
+    )
     y = jaxdrop.drop_block(KEY, jnp.ones((64, 50)), 0.3, 5, spatial_axes=(1,))
-    runs = np.diff(np.concatenate([np.zeros((64, 1)), np.asarray(y == 0), np.zeros((64, 1))], 1), axis=1)
+    runs = np.diff(
+      np.concatenate([np.zeros((64, 1)), np.asarray(y == 0), np.zeros((64, 1))], 1), axis=1
+    )
     starts, ends = np.nonzero(runs == 1), np.nonzero(runs == -1)
     assert np.all(ends[1] - starts[1] >= 5)  # every dropped run is at least one block long
 
-  @pytest.mark.parametrize("block,axes,error,match", [
+  @pytest.mark.parametrize(
+    "block,axes,error,match",
+    [
       (9, (1, 2), ValueError, "block_size must be between 1 and the smallest spatial size 8"),
       (0, (1, 2), ValueError, "block_size must be between 1"),
       (2.5, (1, 2), TypeError, "block_size must be a positive integer"),
       (3, (1, 5), ValueError, "spatial_axes has axis 5, out of range"),
       (3, (), ValueError, "spatial_axes must name at least one axis"),
-  ])
+    ],
+  )
   def test_bad_input(self, block, axes, error, match):
     with pytest.raises(error, match=match):
       jaxdrop.drop_block(KEY, _x(), 0.2, block, spatial_axes=axes)
 
 
 class TestDropConnect:
-
   def test_independent_masks_per_leaf_and_structure(self):
     params = {"dense": {"w": jnp.ones((64, 64)), "b": jnp.ones(64)}, "out": [jnp.ones((64, 64))]}
     out = jaxdrop.drop_connect(KEY, params, 0.5)
@@ -389,7 +423,6 @@ class TestDropConnect:
 
 
 class TestLockedDropout:
-
   def test_same_mask_at_every_step_of_a_scan(self):
     mask = jaxdrop.make_mask(KEY, (4, 32), 0.5)
 
@@ -412,7 +445,9 @@ class TestLockedDropout:
         def step(h, x):
           h = jnp.tanh(x + apply(h) @ w)
           return h, None
+
         return jnp.sum(jax.lax.scan(step, jnp.ones((2, 16)), xs)[0])
+
       return jax.grad(loss)(w)
 
     ours = run(lambda h: jaxdrop.apply_mask(mask, h))
@@ -426,7 +461,9 @@ class TestLockedDropout:
 
   def test_bad_input(self):
     mask = jaxdrop.make_mask(KEY, (4, 32), 0.5)
-    with pytest.raises(ValueError, match=r"mask of shape \(4, 32\).*does not broadcast against x of shape \(4, 16\)"):
+    with pytest.raises(
+      ValueError, match=r"mask of shape \(4, 32\).*does not broadcast against x of shape \(4, 16\)"
+    ):
       jaxdrop.apply_mask(mask, jnp.ones((4, 16)))
     with pytest.raises(TypeError, match="mask must be a DropoutMask"):
       jaxdrop.apply_mask(jnp.ones((4, 32), bool), jnp.ones((4, 32)))
@@ -437,7 +474,6 @@ class TestLockedDropout:
 
 
 class TestMCDropout:
-
   @staticmethod
   def _fn(key, x):
     k1, k2 = jax.random.split(key)
@@ -460,8 +496,11 @@ class TestMCDropout:
     full = jaxdrop.mc_dropout(self._fn, KEY, 37, x)
     chunked = jaxdrop.mc_dropout(self._fn, KEY, 37, x, chunk_size=chunk_size)
     np.testing.assert_array_equal(chunked.samples["h"], full.samples["h"])
-    streamed = jax.jit(lambda x: jaxdrop.mc_dropout(
-        self._fn, KEY, 37, x, chunk_size=chunk_size, return_samples=False))(x)
+    streamed = jax.jit(
+      lambda x: jaxdrop.mc_dropout(
+        self._fn, KEY, 37, x, chunk_size=chunk_size, return_samples=False
+      )
+    )(x)
     assert streamed.samples is None
     for name in ("sum", "h"):
       np.testing.assert_allclose(streamed.mean[name], full.mean[name], rtol=1e-5, atol=1e-6)
@@ -474,10 +513,13 @@ class TestMCDropout:
     stderr = np.sqrt(np.asarray(result.variance) / 4096)
     assert np.all(np.abs(np.asarray(result.mean) - np.asarray(x @ w)) <= Z * stderr)
 
-  @pytest.mark.parametrize("num_samples,chunk_size,match", [
+  @pytest.mark.parametrize(
+    "num_samples,chunk_size,match",
+    [
       (0, None, "num_samples must be a positive integer, got 0"),
       (4, 0, "chunk_size must be a positive integer, got 0"),
-  ])
+    ],
+  )
   def test_bad_counts(self, num_samples, chunk_size, match):
     with pytest.raises(ValueError, match=match):
       jaxdrop.mc_dropout(self._fn, KEY, num_samples, _x((3,)), chunk_size=chunk_size)
@@ -491,8 +533,9 @@ class TestReviewedEdges:
   """Bad input and edge cases found in review, each with the error or result it must give."""
 
   def test_apply_mask_rejects_a_batched_scale(self):
-    masks = jax.vmap(lambda k, r: jaxdrop.make_mask(k, (1, 2), r))(jax.random.split(KEY, 2),
-                                                                   jnp.array([0.0, 0.5]))
+    masks = jax.vmap(lambda k, r: jaxdrop.make_mask(k, (1, 2), r))(
+      jax.random.split(KEY, 2), jnp.array([0.0, 0.5])
+    )
     with pytest.raises(ValueError, match="mask.scale must be a scalar, got shape"):
       jaxdrop.apply_mask(jaxdrop.DropoutMask(masks.keep[0], masks.scale), jnp.ones((2, 2)))
     with pytest.raises(TypeError, match="mask.scale must be a real scalar"):
@@ -501,7 +544,9 @@ class TestReviewedEdges:
   def test_make_mask_rejects_float_sizes_and_names_itself(self):
     with pytest.raises(TypeError, match="shape must be a sequence of integers"):
       jaxdrop.make_mask(KEY, (2.5, 3), 0.5)
-    with pytest.raises(TypeError, match="make_mask needs a PRNG key .* unless rate is a concrete 0"):
+    with pytest.raises(
+      TypeError, match="make_mask needs a PRNG key .* unless rate is a concrete 0"
+    ):
       jaxdrop.make_mask(None, (2, 3), 0.5)
 
   def test_drop_connect_checks_its_options_before_returning_early(self):
@@ -510,10 +555,13 @@ class TestReviewedEdges:
     with pytest.raises(TypeError, match=r"floating array leaves, got 'abc' at params\['n'\]"):
       jaxdrop.drop_connect(KEY, {"w": jnp.ones(3), "n": "abc"}, 0.5)
 
-  @pytest.mark.parametrize("call,name", [
+  @pytest.mark.parametrize(
+    "call,name",
+    [
       (lambda v: jaxdrop.drop_connect(KEY, v, 0.5), "drop_connect"),
       (lambda v: jaxdrop.apply_mask(jaxdrop.make_mask(KEY, (4,), 0.5), v), "apply_mask"),
-  ])
+    ],
+  )
   def test_forward_mode_hint_names_the_function(self, call, name):
     with pytest.raises(TypeError, match=f"pass autodiff='jvp' to jaxdrop.{name}"):
       jax.jvp(call, (jnp.ones(4),), (jnp.ones(4),))
@@ -534,8 +582,10 @@ class TestReviewedEdges:
     with pytest.raises(TypeError, match="num_samples must be a positive integer, got 2.0"):
       jaxdrop.mc_dropout(lambda k: jnp.ones(()), KEY, 2.0)
     from jaxdrop._mc import _combine
+
     n, mean, m2 = jax.jit(lambda n: _combine((n, 0.0, 0.0), (jnp.float32(50_000), 1.0, 0.0)))(
-        jnp.float32(100_000))
+      jnp.float32(100_000)
+    )
     np.testing.assert_allclose(m2, 100_000 * 50_000 / 150_000, rtol=1e-6)
 
   def test_drop_block_nchw_hint(self):

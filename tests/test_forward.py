@@ -26,7 +26,9 @@ def test_every_output_is_zero_or_scaled_input(dtype, rate):
   # The scale is one over the realised keep probability, computed exactly from the rate.
   scale = inverted_scale(rate)
   # Half precision is scaled in float32 and rounded once.
-  np.testing.assert_array_equal(y, jnp.where(mask, (x.astype(jnp.float32) * scale).astype(dtype), 0))
+  np.testing.assert_array_equal(
+    y, jnp.where(mask, (x.astype(jnp.float32) * scale).astype(dtype), 0)
+  )
   assert 0 < mask.sum() < mask.size
 
 
@@ -111,19 +113,21 @@ def test_float32_rate_does_not_upcast(dtype):
 
 def test_float16_high_rate_has_no_overflow():
   # 1/keep exceeds float16's range for keep < 2**-16: kept units must still be finite and exact.
-  x = jnp.full(2**20, 1e-4, jnp.float16).at[:2**19].set(0)
+  x = jnp.full(2**20, 1e-4, jnp.float16).at[: 2**19].set(0)
   y = jaxdrop.dropout(jax.random.key(0), x, 0.99999)
   kept = y != 0
   assert not bool(jnp.any(jnp.isnan(y) | jnp.isinf(y)))
-  assert int(kept[2**19:].sum()) > 0
+  assert int(kept[2**19 :].sum()) > 0
   expected = jnp.float32(1e-4).astype(jnp.float16).astype(jnp.float32) * inverted_scale(0.99999)
-  np.testing.assert_allclose(np.asarray(y[2**19:][kept[2**19:]], np.float32), expected, rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(y[2**19 :][kept[2**19 :]], np.float32), expected, rtol=1e-3)
 
 
 def test_bfloat16_scaling_is_not_biased_by_rounding_the_scale():
   y = jaxdrop.dropout(jax.random.key(0), jnp.ones(8, jnp.bfloat16), 0.1)
   kept = np.asarray(y[y != 0], np.float32)
-  np.testing.assert_array_equal(kept, np.float32(jnp.float32(1 / np.float32(0.9)).astype(jnp.bfloat16)))
+  np.testing.assert_array_equal(
+    kept, np.float32(jnp.float32(1 / np.float32(0.9)).astype(jnp.bfloat16))
+  )
 
 
 def test_classic_test_time_scales_half_precision_in_float32():
@@ -136,6 +140,7 @@ def test_classic_test_time_scales_half_precision_in_float32():
 def test_float64_rate_just_below_one_scales_by_the_realised_keep():
   with jax.enable_x64(True):
     from jaxdrop import _mask
+
     t, any_kept, keep, *_ = _mask.drop_threshold(jnp.float64(1 - 1e-12), jnp.float64)
     assert int(t) == 2**32 - 1 and bool(any_kept) and float(keep) == 2.0**-32
 
@@ -173,8 +178,9 @@ def test_empty_input():
 
 
 class TestKeys:
-
-  @pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg", "philox4x32", "threefry4x32"])
+  @pytest.mark.parametrize(
+    "impl", ["threefry2x32", "rbg", "unsafe_rbg", "philox4x32", "threefry4x32"]
+  )
   def test_every_key_implementation_draws_a_mask(self, impl):
     key = jax.random.key(0, impl=impl)
     y = jaxdrop.dropout(key, jnp.ones((64, 64)), 0.5)
@@ -184,8 +190,9 @@ class TestKeys:
   def test_legacy_key_equals_its_wrapped_typed_key(self):
     legacy = jax.random.PRNGKey(3)
     np.testing.assert_array_equal(
-        jaxdrop.dropout(legacy, _x(), 0.5),
-        jaxdrop.dropout(jax.random.wrap_key_data(legacy), _x(), 0.5))
+      jaxdrop.dropout(legacy, _x(), 0.5),
+      jaxdrop.dropout(jax.random.wrap_key_data(legacy), _x(), 0.5),
+    )
 
   def test_same_key_same_mask_eager_jit_clone_repeat(self):
     key = jax.random.key(11)
@@ -194,7 +201,9 @@ class TestKeys:
     np.testing.assert_array_equal(eager, jaxdrop.dropout(key, x, 0.5))
     np.testing.assert_array_equal(eager, jax.jit(jaxdrop.dropout)(key, x, 0.5))
     np.testing.assert_array_equal(eager, jaxdrop.dropout(jax.random.clone(key), x, 0.5))
-    np.testing.assert_array_equal(eager, jax.jit(jax.jit(lambda k: jaxdrop.dropout(k, x, 0.5)))(key))
+    np.testing.assert_array_equal(
+      eager, jax.jit(jax.jit(lambda k: jaxdrop.dropout(k, x, 0.5)))(key)
+    )
 
   def test_different_keys_different_masks(self):
     masks = [observed_mask(k, SHAPE, 0.5) for k in jax.random.split(jax.random.key(0), 8)]
@@ -212,7 +221,6 @@ class TestKeys:
 
 
 class TestTransforms:
-
   def test_vmap_over_keys_equals_loop(self):
     keys = jax.random.split(jax.random.key(1), 5)
     xs = _x((5, 3, 40))
@@ -282,6 +290,7 @@ class TestTransforms:
   def test_eager_calls_with_new_rates_do_not_recompile(self):
     # Eager calls go through one jitted private function; rates are traced arguments.
     from jaxdrop import _dropout as impl
+
     x = _x()
     jaxdrop.dropout(jax.random.key(0), x, 0.1)
     before = impl._bernoulli_dropout._cache_size()
@@ -291,7 +300,9 @@ class TestTransforms:
 
 
 def test_classic_test_time_with_traced_invalid_rate_is_nan():
-  y = jax.jit(lambda r: jaxdrop.dropout(None, jnp.ones(4), r, inverted=False, deterministic=True))(jnp.nan)
+  y = jax.jit(lambda r: jaxdrop.dropout(None, jnp.ones(4), r, inverted=False, deterministic=True))(
+    jnp.nan
+  )
   assert bool(jnp.all(jnp.isnan(y)))
 
 

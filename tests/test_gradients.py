@@ -32,8 +32,11 @@ def test_gradient_equals_autodiff_of_reference(recompute, autodiff, rate, invert
   x = _x()
   mask = observed_mask(KEY, SHAPE, rate)
   scale = 1 / (1 - np.float32(rate)) if inverted else 1.0
-  ours = _loss(lambda x: jaxdrop.dropout(KEY, x, rate, inverted=inverted,
-                                        recompute=recompute, autodiff=autodiff))
+  ours = _loss(
+    lambda x: jaxdrop.dropout(
+      KEY, x, rate, inverted=inverted, recompute=recompute, autodiff=autodiff
+    )
+  )
   ref = _loss(lambda x: reference_dropout(mask, x, scale))
   np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(ref)(x))
   value, grad = jax.jit(jax.value_and_grad(ours))(x)
@@ -58,8 +61,9 @@ def test_all_modes_bit_identical():
 def test_backward_is_exactly_g_times_mask_times_scale(recompute, autodiff):
   x = _x()
   g = jnp.full(SHAPE, jnp.nan).at[:, ::2].set(3.0)  # NaN cotangents stay out of dropped units
-  _, vjp = jax.vjp(lambda x: jaxdrop.dropout(KEY, x, 0.5, recompute=recompute,
-                                             autodiff=autodiff), x)
+  _, vjp = jax.vjp(
+    lambda x: jaxdrop.dropout(KEY, x, 0.5, recompute=recompute, autodiff=autodiff), x
+  )
   (dx,) = vjp(g)
   mask = observed_mask(KEY, SHAPE, 0.5)
   np.testing.assert_array_equal(dx, jnp.where(mask, g * 2.0, 0.0))
@@ -68,8 +72,9 @@ def test_backward_is_exactly_g_times_mask_times_scale(recompute, autodiff):
 @pytest.mark.parametrize("recompute,autodiff", MODES)
 def test_rate_one_gradient_is_exactly_zero(recompute, autodiff):
   x = _x().at[0, 0].set(jnp.inf)
-  grad = jax.grad(lambda x: jnp.sum(jaxdrop.dropout(KEY, x, 1.0, recompute=recompute,
-                                                    autodiff=autodiff) ** 2))(x)
+  grad = jax.grad(
+    lambda x: jnp.sum(jaxdrop.dropout(KEY, x, 1.0, recompute=recompute, autodiff=autodiff) ** 2)
+  )(x)
   np.testing.assert_array_equal(grad, jnp.zeros_like(x))
 
 
@@ -99,7 +104,6 @@ def test_check_grads_forward_mode_with_jvp_registration(recompute):
 
 
 class TestForwardMode:
-
   def _reference(self, rate=0.5):
     mask = observed_mask(KEY, (12,), rate)
     return lambda v: jnp.sum(jnp.sin(reference_dropout(mask, v, 1 / (1 - rate))) * v)
@@ -111,21 +115,28 @@ class TestForwardMode:
   def test_jvp_jacfwd_hessian_with_autodiff_jvp(self, recompute):
     v = jnp.linspace(-1.0, 1.0, 12)
     ours, ref = self._ours(autodiff="jvp", recompute=recompute), self._reference()
-    np.testing.assert_allclose(jax.jvp(ours, (v,), (jnp.ones(12),))[1],
-                               jax.jvp(ref, (v,), (jnp.ones(12),))[1], rtol=1e-6)
+    np.testing.assert_allclose(
+      jax.jvp(ours, (v,), (jnp.ones(12),))[1], jax.jvp(ref, (v,), (jnp.ones(12),))[1], rtol=1e-6
+    )
     np.testing.assert_allclose(jax.jacfwd(ours)(v), jax.jacfwd(ref)(v), rtol=1e-6)
     np.testing.assert_allclose(jax.hessian(ours)(v), jax.hessian(ref)(v), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(jax.jit(jax.hessian(ours))(v), jax.hessian(ref)(v), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      jax.jit(jax.hessian(ours))(v), jax.hessian(ref)(v), rtol=1e-6, atol=1e-6
+    )
 
   def test_hessian_works_with_the_default_custom_vjp(self):
     v = jnp.linspace(-1.0, 1.0, 12)
-    np.testing.assert_allclose(jax.hessian(self._ours())(v), jax.hessian(self._reference())(v),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      jax.hessian(self._ours())(v), jax.hessian(self._reference())(v), rtol=1e-6, atol=1e-6
+    )
 
-  @pytest.mark.parametrize("transform", [
+  @pytest.mark.parametrize(
+    "transform",
+    [
       lambda f, v: jax.jvp(f, (v,), (v,)),
       lambda f, v: jax.jacfwd(f)(v),
-  ])
+    ],
+  )
   def test_forward_mode_on_custom_vjp_names_the_switch(self, transform):
     v = jnp.linspace(-1.0, 1.0, 12)
     with pytest.raises(TypeError, match="autodiff='jvp'"):
@@ -137,11 +148,15 @@ class TestForwardMode:
 def test_backward_residuals(autodiff, recompute, per_element_bytes):
   # What jax.vjp keeps for the backward pass: the bool mask, or only the key words and scalars.
   x = jnp.ones((256, 512))
-  _, vjp = jax.vjp(lambda x: jaxdrop.dropout(KEY, x, 0.5, recompute=recompute, autodiff=autodiff), x)
+  _, vjp = jax.vjp(
+    lambda x: jaxdrop.dropout(KEY, x, 0.5, recompute=recompute, autodiff=autodiff), x
+  )
   leaves = jax.tree.leaves(vjp)
   big = [leaf for leaf in leaves if leaf.size >= x.size]
   small = sum(leaf.nbytes for leaf in leaves if leaf.size < x.size)
-  assert sum(leaf.nbytes for leaf in big) == per_element_bytes * x.size, [(l.shape, l.dtype) for l in big]
+  assert sum(leaf.nbytes for leaf in big) == per_element_bytes * x.size, [
+    (l.shape, l.dtype) for l in big
+  ]
   assert small <= 64, [(l.shape, l.dtype) for l in leaves]
 
 
@@ -155,6 +170,7 @@ def test_gradient_under_checkpoint_scan_and_vmap(recompute, autodiff):
     def body(carry, kx):
       k, x = kx
       return carry + jnp.sum(jnp.tanh(jax.checkpoint(drop)(k, x))), None
+
     return jax.lax.scan(body, 0.0, (keys, xs))[0]
 
   looped = lambda xs: sum(jnp.sum(jnp.tanh(drop(k, x))) for k, x in zip(keys, xs))
@@ -162,7 +178,9 @@ def test_gradient_under_checkpoint_scan_and_vmap(recompute, autodiff):
   expected = jax.grad(looped)(xs)
   for grad in (jax.jit(jax.grad(scanned))(xs), jax.jit(jax.grad(batched))(xs)):
     np.testing.assert_array_equal(grad == 0, expected == 0)  # the same masks, exactly
-    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)  # tanh' fused differently under jit
+    np.testing.assert_allclose(
+      grad, expected, rtol=1e-5, atol=1e-7
+    )  # tanh' fused differently under jit
 
 
 def test_linearize_and_linear_transpose_as_the_readme_says():

@@ -4,16 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import threefry2x32_p
 
 import jaxdrop
 from jaxdrop import _core, _keys
-from jax.extend.random import threefry2x32_p
 
 
 def test_threefry2x32_known_answer():
   # Known-answer vector of Random123 (Salmon et al. 2011), Threefry-2x32, 20 rounds.
-  a, b = _keys.threefry2x32(np.uint32(0x13198A2E), np.uint32(0x03707344),
-                            np.uint32(0x243F6A88), np.uint32(0x85A308D3))
+  a, b = _keys.threefry2x32(
+    np.uint32(0x13198A2E), np.uint32(0x03707344), np.uint32(0x243F6A88), np.uint32(0x85A308D3)
+  )
   assert (int(a), int(b)) == (0xC4923A9C, 0x483DF7A0)
 
 
@@ -43,8 +44,10 @@ def test_masks_with_short_rows_use_no_per_element_temporaries():
   # One Threefry hash per row: with a trailing axis of size 1 that is one per element, and it
   # must fuse into the mask (JAX's rolled CPU loop kept 8-12 bytes per element).
   x = jax.ShapeDtypeStruct((2**20, 1), jnp.float32)
-  for f in (lambda k, x: jaxdrop.dropout(k, x, 0.5),
-            lambda k, x: jaxdrop.drop_block(k, x, 0.5, 3, spatial_axes=(0,))):
+  for f in (
+    lambda k, x: jaxdrop.dropout(k, x, 0.5),
+    lambda k, x: jaxdrop.drop_block(k, x, 0.5, 3, spatial_axes=(0,)),
+  ):
     temp = jax.jit(f).lower(jax.random.key(0), x).compile().memory_analysis().temp_size_in_bytes
     assert temp <= 1.01 * x.size, temp  # drop_block keeps its 1-byte seeds
 
@@ -57,8 +60,10 @@ def test_jax_message_for_forward_mode_on_custom_vjp():
   assert _core._JAX_JVP_ERROR in str(info.value)
 
 
-@pytest.mark.parametrize("impl,words", [("threefry2x32", 2), ("rbg", 4), ("unsafe_rbg", 4),
-                                        ("philox4x32", 2), ("threefry4x32", 4)])
+@pytest.mark.parametrize(
+  "impl,words",
+  [("threefry2x32", 2), ("rbg", 4), ("unsafe_rbg", 4), ("philox4x32", 2), ("threefry4x32", 4)],
+)
 def test_key_data_layout(impl, words):
   assert jax.random.key_data(jax.random.key(0, impl=impl)).shape == (words,)
 
@@ -77,7 +82,9 @@ EXPECTED_FIRST_32_KEPT_BITS = 0xE79AFF67  # recorded on jax 0.10.2 (mask stream 
 def test_varying_mesh_axes_are_readable_inside_shard_map():
   # The chunked attention's loop accumulators must vary over the same mesh axes as its inputs.
   from jax.sharding import PartitionSpec as P
+
   from jaxdrop._attention import varying_axes
+
   mesh = jax.make_mesh((1,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
   seen = []
 
@@ -86,6 +93,7 @@ def test_varying_mesh_axes_are_readable_inside_shard_map():
     return x + y
 
   jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P()), out_specs=P("d")))(
-      jnp.ones(4), jnp.ones(4))
+    jnp.ones(4), jnp.ones(4)
+  )
   assert seen == [(frozenset({"d"}), frozenset())]
   assert varying_axes(jnp.ones(3)) == frozenset()

@@ -17,14 +17,14 @@ def cases(draw):
   shape = tuple(draw(st.lists(st.integers(1, 40), min_size=0, max_size=3)))
   dims = tuple(draw(st.sets(st.integers(0, len(shape) - 1), max_size=len(shape)))) if shape else ()
   return dict(
-      shape=shape,
-      dtype=draw(st.sampled_from(DTYPES)),
-      rate=draw(st.one_of(st.sampled_from([0.0, 1.0, 1e-7, 0.5]), st.floats(0.0, 1.0))),
-      seed=draw(st.integers(0, 2**31 - 1)),
-      broadcast_dims=dims,
-      inverted=draw(st.booleans()),
-      recompute=draw(st.booleans()),
-      autodiff=draw(st.sampled_from(["vjp", "jvp"])),
+    shape=shape,
+    dtype=draw(st.sampled_from(DTYPES)),
+    rate=draw(st.one_of(st.sampled_from([0.0, 1.0, 1e-7, 0.5]), st.floats(0.0, 1.0))),
+    seed=draw(st.integers(0, 2**31 - 1)),
+    broadcast_dims=dims,
+    inverted=draw(st.booleans()),
+    recompute=draw(st.booleans()),
+    autodiff=draw(st.sampled_from(["vjp", "jvp"])),
   )
 
 
@@ -44,9 +44,13 @@ def test_output_is_zero_or_scaled_and_gradient_matches(case):
   np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(expected, np.float32))
 
   for axis in case["broadcast_dims"]:
-    np.testing.assert_array_equal(mask, jnp.broadcast_to(jnp.take(mask, jnp.array([0]), axis), shape))
+    np.testing.assert_array_equal(
+      mask, jnp.broadcast_to(jnp.take(mask, jnp.array([0]), axis), shape)
+    )
 
   g = jnp.ones(shape, dtype)
   _, vjp = jax.vjp(lambda x: jaxdrop.dropout(key, x, rate, **options), x)
   _, ref_vjp = jax.vjp(lambda x: reference_dropout(mask, x, jnp.float32(scale)), x)
-  np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32), np.asarray(ref_vjp(g)[0], np.float32))
+  np.testing.assert_array_equal(
+    np.asarray(vjp(g)[0], np.float32), np.asarray(ref_vjp(g)[0], np.float32)
+  )

@@ -20,14 +20,21 @@ MULTI_DEVICE = "xla_force_host_platform_device_count"
 SNIPPETS = [i for i, b in enumerate(BLOCKS) if "def block_fn" in b]  # fragments, run below
 
 
-@pytest.mark.parametrize("index", [pytest.param(i, marks=pytest.mark.optax) if "optax" in BLOCKS[i] else i
-                                   for i in range(len(BLOCKS)) if i not in SNIPPETS])
+@pytest.mark.parametrize(
+  "index",
+  [
+    pytest.param(i, marks=pytest.mark.optax) if "optax" in BLOCKS[i] else i
+    for i in range(len(BLOCKS))
+    if i not in SNIPPETS
+  ],
+)
 def test_readme_block_runs(index, capsys):
   if MULTI_DEVICE in BLOCKS[index]:
     # It must set XLA_FLAGS before JAX starts: run it in a fresh interpreter.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run([sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True,
-                          env=env, timeout=600)
+    done = subprocess.run(
+      [sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout
   else:
@@ -38,15 +45,21 @@ def test_readme_block_runs(index, capsys):
 
 def test_sharded_example_trains_and_shard_map_snippet_runs():
   sharded = next(b for b in BLOCKS if MULTI_DEVICE in b)
-  script = sharded + "\n" + "\n".join(BLOCKS[i] for i in SNIPPETS) + """
+  script = (
+    sharded
+    + "\n"
+    + "\n".join(BLOCKS[i] for i in SNIPPETS)
+    + """
 xs = jax.device_put(jnp.ones((8, 8)), NamedSharding(mesh, P("data", "model")))
 expected = jaxdrop.dropout(key, jnp.ones((8, 8)), 0.3)
 assert (jax.jit(f)(key, xs) == expected).all(), "shard_map blocks differ from the unsharded mask"
 print("shard_map ok")
 """
+  )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                        timeout=600)
+  done = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", done.stdout).groups())
   assert last < 0.5 * first, done.stdout

@@ -37,7 +37,9 @@ def test_dropped_fraction_matches_rate(rate, seed):
   dropped, _ = _dropped_count(jax.random.key(seed), rate)
   expected = N * rate
   sigma = math.sqrt(N * rate * (1 - rate))
-  assert abs(dropped - expected) <= Z * sigma, f"dropped {dropped}, expected {expected:.0f} ± {Z * sigma:.0f}"
+  assert abs(dropped - expected) <= Z * sigma, (
+    f"dropped {dropped}, expected {expected:.0f} ± {Z * sigma:.0f}"
+  )
 
 
 @pytest.mark.parametrize("rate", [1e-6, 1e-9, 1e-12])
@@ -70,7 +72,9 @@ def test_bit_bytes_are_uniform(seed, shape):
     counts = np.bincount(np.asarray(byte), minlength=256)
     expected = bits.size / 256
     chi2 = float(((counts - expected) ** 2 / expected).sum())
-    assert chi2 < chi2_critical(255), f"byte lane {lane}: chi2 {chi2:.1f}, counts {counts.min()}..{counts.max()}"
+    assert chi2 < chi2_critical(255), (
+      f"byte lane {lane}: chi2 {chi2:.1f}, counts {counts.min()}..{counts.max()}"
+    )
 
 
 @pytest.mark.parametrize("offset,axis", [(1, -1), (2, -1), (16, -1), (1, 0), (2, 0)])
@@ -79,8 +83,13 @@ def test_neighbouring_masks_are_independent(offset, axis):
   mask = np.asarray(jaxdrop.dropout(jax.random.key(5), jnp.ones((1024, 2048)), 0.5) != 0)
   a = np.moveaxis(mask, axis, 0)
   here, there = a[:-offset].ravel(), a[offset:].ravel()
-  table = np.array([[np.sum(~here & ~there), np.sum(~here & there)],
-                    [np.sum(here & ~there), np.sum(here & there)]], dtype=np.float64)
+  table = np.array(
+    [
+      [np.sum(~here & ~there), np.sum(~here & there)],
+      [np.sum(here & ~there), np.sum(here & there)],
+    ],
+    dtype=np.float64,
+  )
   expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
   chi2 = float(((table - expected) ** 2 / expected).sum())
   assert chi2 < CHI2_1DOF, f"chi2 {chi2:.2f}, table {table.tolist()}"
@@ -90,7 +99,9 @@ def test_neighbouring_masks_are_independent(offset, axis):
 def test_every_column_drops_at_the_rate(columns):
   # One Threefry hash seeds each row; no column (position in the row's stream) may be biased.
   rate, rows = 0.1, 2**16
-  dropped = np.asarray(jaxdrop.dropout(jax.random.key(9), jnp.ones((rows, columns)), rate) == 0).sum(0)
+  dropped = np.asarray(
+    jaxdrop.dropout(jax.random.key(9), jnp.ones((rows, columns)), rate) == 0
+  ).sum(0)
   # Each column's count is binomial(rows, rate); their standardised squares sum to chi2(columns).
   chi2 = float((((dropped - rows * rate) ** 2) / (rows * rate * (1 - rate))).sum())
   assert chi2 < chi2_critical(columns), f"chi2 {chi2:.1f}, counts {dropped.min()}..{dropped.max()}"

@@ -32,13 +32,13 @@ def _counting(calls):
   def branch(h, w):
     jax.debug.callback(lambda: calls.append(None))
     return block(h, w)
+
   return branch
 
 
 @pytest.mark.parametrize("scale_by_keep", [True, False])
 def test_value_is_drop_paths_on_the_branch(scale_by_keep):
-  f = jax.jit(lambda k: jaxdrop.stochastic_depth(k, 0.5, block, X, W,
-                                                 scale_by_keep=scale_by_keep))
+  f = jax.jit(lambda k: jaxdrop.stochastic_depth(k, 0.5, block, X, W, scale_by_keep=scale_by_keep))
   kept = 0
   for key in KEYS[:20]:
     expected = jaxdrop.drop_path(key, block(X, W), 0.5, mode="batch", scale_by_keep=scale_by_keep)
@@ -61,12 +61,13 @@ def test_a_dropped_branch_runs_neither_forward_nor_backward():
   for key in KEYS:
     jax.block_until_ready(grad(W, key))
   jax.effects_barrier()
-  assert len(calls) == kept                                   # the backward pass adds no run
+  assert len(calls) == kept  # the backward pass adds no run
   # drop_path computes the branch whatever the draw.
   calls.clear()
   for key in KEYS:
-    jax.block_until_ready(jax.jit(lambda k: jaxdrop.drop_path(k, branch(X, W), 0.5,
-                                                              mode="batch"))(key))
+    jax.block_until_ready(
+      jax.jit(lambda k: jaxdrop.drop_path(k, branch(X, W), 0.5, mode="batch"))(key)
+    )
   jax.effects_barrier()
   assert len(calls) == len(KEYS)
 
@@ -88,6 +89,7 @@ def test_layerdrop_under_scan_skips_dropped_layers():
     def layer(h, inputs):
       i, w = inputs
       return h + jaxdrop.stochastic_depth(jax.random.fold_in(key, i), rate, branch, h, w), None
+
     return jax.lax.scan(layer, X, (jnp.arange(layers), ws))[0]
 
   def reference(ws, key, rate):
@@ -103,14 +105,18 @@ def test_layerdrop_under_scan_skips_dropped_layers():
   jax.effects_barrier()
   assert len(calls) == kept and 0 < kept < layers
   np.testing.assert_allclose(out, reference(ws, key, 0.5), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(jax.jit(jax.grad(lambda ws: jnp.sum(net(ws, key, 0.5))))(ws),
-                             jax.grad(lambda ws: jnp.sum(reference(ws, key, 0.5)))(ws),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(jax.grad(lambda ws: jnp.sum(net(ws, key, 0.5))))(ws),
+    jax.grad(lambda ws: jnp.sum(reference(ws, key, 0.5)))(ws),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_deterministic_rates_and_traced_values():
   np.testing.assert_array_equal(
-      jaxdrop.stochastic_depth(None, 0.5, block, X, W, deterministic=True), block(X, W))
+    jaxdrop.stochastic_depth(None, 0.5, block, X, W, deterministic=True), block(X, W)
+  )
   np.testing.assert_array_equal(jaxdrop.stochastic_depth(None, 0.0, block, X, W), block(X, W))
   np.testing.assert_array_equal(jaxdrop.stochastic_depth(KEYS[0], 1.0, block, X, W), 0.0)
   traces = []
@@ -122,9 +128,10 @@ def test_deterministic_rates_and_traced_values():
 
   np.testing.assert_allclose(f(KEYS[0], 0.9, True), block(X, W), rtol=1e-5, atol=1e-6)
   for key in KEYS[:5]:
-    np.testing.assert_allclose(f(key, 0.3, False), jaxdrop.stochastic_depth(key, 0.3, block, X, W),
-                               rtol=1e-5, atol=1e-6)
-  assert bool(jnp.all(jnp.isnan(f(KEYS[0], 1.5, False))))    # an invalid traced rate: NaN
+    np.testing.assert_allclose(
+      f(key, 0.3, False), jaxdrop.stochastic_depth(key, 0.3, block, X, W), rtol=1e-5, atol=1e-6
+    )
+  assert bool(jnp.all(jnp.isnan(f(KEYS[0], 1.5, False))))  # an invalid traced rate: NaN
   assert len(traces) == 1
 
 
@@ -135,8 +142,10 @@ def test_pytree_output_and_row_mode():
     keep = _kept(key, 0.5)
     np.testing.assert_allclose(out["a"], block(X, W) * 2 if keep else 0, rtol=1e-5, atol=1e-6)
     assert out["b"].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(jaxdrop.stochastic_depth(KEYS[0], 0.5, block, X, W, mode="row"),
-                                jaxdrop.drop_path(KEYS[0], block(X, W), 0.5))
+  np.testing.assert_array_equal(
+    jaxdrop.stochastic_depth(KEYS[0], 0.5, block, X, W, mode="row"),
+    jaxdrop.drop_path(KEYS[0], block(X, W), 0.5),
+  )
 
 
 def test_arguments_need_not_be_arrays():

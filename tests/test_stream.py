@@ -7,21 +7,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import inverted_scale, threshold
 
 import jaxdrop
 from jaxdrop import _keys, _mask
 
-from helpers import inverted_scale, threshold
-
 # Golden values of mask stream version 2, recorded on jax 0.10.2. A change here is a change of
 # the stream: deliberate, with a new version in the README and an entry in the CHANGELOG.
 GOLDEN_BITS = [
-    (lambda: jax.random.key(0), (2, 3),
-     [0x84DDC0E4, 0xA4AE98E5, 0xF9392E22, 0x3804324F, 0x252ACDD2, 0x549516E6]),
-    (lambda: jax.random.key(1), (5,), [0x866B9675, 0x19F766D3, 0x93339081, 0xD20309E0, 0x42C33ED0]),
-    (lambda: jax.random.PRNGKey(42), (2, 2, 2),
-     [0xE871C729, 0xD9972410, 0xD4112815, 0x1D2E87BC, 0x370C2312, 0xB6E79E5D, 0xB60A62DE, 0x2E587C8F]),
-    (lambda: jax.random.key(7, impl="rbg"), (4,), [0xE0A9748C, 0x1B18E02E, 0x6475187C, 0x05B47327]),
+  (
+    lambda: jax.random.key(0),
+    (2, 3),
+    [0x84DDC0E4, 0xA4AE98E5, 0xF9392E22, 0x3804324F, 0x252ACDD2, 0x549516E6],
+  ),
+  (lambda: jax.random.key(1), (5,), [0x866B9675, 0x19F766D3, 0x93339081, 0xD20309E0, 0x42C33ED0]),
+  (
+    lambda: jax.random.PRNGKey(42),
+    (2, 2, 2),
+    [
+      0xE871C729,
+      0xD9972410,
+      0xD4112815,
+      0x1D2E87BC,
+      0x370C2312,
+      0xB6E79E5D,
+      0xB60A62DE,
+      0x2E587C8F,
+    ],
+  ),
+  (lambda: jax.random.key(7, impl="rbg"), (4,), [0xE0A9748C, 0x1B18E02E, 0x6475187C, 0x05B47327]),
 ]
 # The last 2 x 3 block of random_bits(key(3), (1000, 3000)).
 GOLDEN_BLOCK = [0x43A00E2C, 0x60D4E814, 0x0D32933D, 0x0ED6B3F1, 0xE719EB75, 0xEC391800]
@@ -58,9 +72,14 @@ def test_block_drawn_alone_is_the_block_of_the_whole():
   assert [int(b) for b in block.ravel()] == GOLDEN_BLOCK
 
 
-@pytest.mark.parametrize("shape,start,size", [((6, 5, 7), (2, 1, 3), (3, 4, 4)),
-                                              ((4096,), (1000,), (77,)),
-                                              ((3, 2**17), (1, 2**16 + 5), (2, 999))])
+@pytest.mark.parametrize(
+  "shape,start,size",
+  [
+    ((6, 5, 7), (2, 1, 3), (3, 4, 4)),
+    ((4096,), (1000,), (77,)),
+    ((3, 2**17), (1, 2**16 + 5), (2, 999)),
+  ],
+)
 def test_any_block_drawn_alone(shape, start, size):
   key = jax.random.key(4)
   whole = jaxdrop.random_bits(key, shape)
@@ -83,8 +102,12 @@ def test_random_bits_follow_the_documented_formula(shape):
   key = jax.random.key(5)
   words = np.asarray(_keys.mask_words(key))
   rows, width = int(np.prod(shape[:-1])), shape[-1]
-  s0, s1 = (np.asarray(w)[:, None] for w in _keys.threefry2x32(
-      words[0], words[1], np.arange(rows, dtype=np.uint32), np.zeros(rows, np.uint32)))
+  s0, s1 = (
+    np.asarray(w)[:, None]
+    for w in _keys.threefry2x32(
+      words[0], words[1], np.arange(rows, dtype=np.uint32), np.zeros(rows, np.uint32)
+    )
+  )
   with np.errstate(over="ignore"):
     w = np.arange(width, dtype=np.uint32)[None, :] * np.uint32(0x9E3779B9)
     expected = _lowbias32((s0 + w) ^ s1) ^ w ^ np.uint32(0x80000000)
@@ -97,8 +120,9 @@ def test_random_bits_is_jittable_vmappable_and_key_specific():
   for i in range(3):
     np.testing.assert_array_equal(batched[i], jaxdrop.random_bits(keys[i], (4, 8)))
   assert not np.array_equal(batched[0], batched[1])
-  np.testing.assert_array_equal(jax.jit(jaxdrop.random_bits, static_argnums=1)(keys[0], (4, 8)),
-                                batched[0])
+  np.testing.assert_array_equal(
+    jax.jit(jaxdrop.random_bits, static_argnums=1)(keys[0], (4, 8)), batched[0]
+  )
   # Distinct from jax.random's stream of the same key (domain separation).
   assert not np.array_equal(jaxdrop.random_bits(keys[0], (64,)), jax.random.bits(keys[0], (64,)))
 
@@ -149,7 +173,9 @@ def test_concrete_rates_get_exact_thresholds(rate):
 
 
 def test_make_mask_scale_just_below_rate_one():
-  assert float(jaxdrop.make_mask(jax.random.key(0), (4,), 1 - 1e-7).scale) == pytest.approx(2**32 / 429)
+  assert float(jaxdrop.make_mask(jax.random.key(0), (4,), 1 - 1e-7).scale) == pytest.approx(
+    2**32 / 429
+  )
 
 
 @pytest.mark.parametrize("rate", [np.float32(0.3), np.float32(1 - 1e-7), 0.1])
@@ -160,7 +186,9 @@ def test_traced_rates_use_the_float32_value(rate):
   assert int(traced.t) == threshold(value)
   assert float(traced.keep) == np.float32((2**32 - threshold(value)) / 2**32)
   y = jax.jit(lambda r: jaxdrop.dropout(jax.random.key(1), jnp.ones(1024), r))(rate)
-  np.testing.assert_array_equal(y, jaxdrop.dropout(jax.random.key(1), jnp.ones(1024), np.float32(rate)))
+  np.testing.assert_array_equal(
+    y, jaxdrop.dropout(jax.random.key(1), jnp.ones(1024), np.float32(rate))
+  )
 
 
 def test_traced_rate_resolution_near_one():

@@ -11,8 +11,9 @@ KEY = jax.random.key(0)
 X = jnp.ones((4, 6))
 
 
-@pytest.mark.parametrize("rate", [-0.1, 1.01, 2, float("nan"), float("inf"), np.float32(-1),
-                                  jnp.float32(1.5)])
+@pytest.mark.parametrize(
+  "rate", [-0.1, 1.01, 2, float("nan"), float("inf"), np.float32(-1), jnp.float32(1.5)]
+)
 def test_rate_out_of_range(rate):
   with pytest.raises(ValueError, match=r"rate must be in \[0, 1\].*got"):
     jaxdrop.dropout(KEY, X, rate)
@@ -33,7 +34,9 @@ def test_rate_not_scalar():
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64])
 def test_non_float_input(dtype):
-  with pytest.raises(TypeError, match=f"x must have a floating dtype.*got dtype {jnp.dtype(dtype).name}"):
+  with pytest.raises(
+    TypeError, match=f"x must have a floating dtype.*got dtype {jnp.dtype(dtype).name}"
+  ):
     jaxdrop.dropout(KEY, jnp.zeros(3, dtype), 0.5)
 
 
@@ -72,11 +75,14 @@ def test_uint32_array_of_the_wrong_shape():
     jaxdrop.dropout(jnp.zeros(3, jnp.uint32), X, 0.5)
 
 
-@pytest.mark.parametrize("dims,match", [
+@pytest.mark.parametrize(
+  "dims,match",
+  [
     ((2,), "axis 2, out of range"),
     ((-3,), "axis -3, out of range"),
     ((0, -2), "repeats an axis"),
-])
+  ],
+)
 def test_bad_broadcast_dims(dims, match):
   with pytest.raises(ValueError, match=f"broadcast_dims .*{match}|broadcast_dims has {match}"):
     jaxdrop.dropout(KEY, X, 0.5, broadcast_dims=dims)
@@ -107,12 +113,15 @@ def test_bad_autodiff():
     jaxdrop.dropout(KEY, X, 0.5, autodiff="fwd")
 
 
-@pytest.mark.parametrize("call", [
+@pytest.mark.parametrize(
+  "call",
+  [
     lambda: jaxdrop.dropout(X, 0.5, KEY),  # PyTorch's order
     lambda: jaxdrop.dropout(KEY, X, KEY),
     lambda: jaxdrop.dropout(KEY, X, 0.5, deterministic=KEY),
     lambda: jaxdrop.channel_dropout(KEY, X, KEY),
-])
+  ],
+)
 def test_a_key_in_the_wrong_place_gets_the_order_hint(call):
   with pytest.raises(TypeError, match="is a PRNG key, not .*the key comes first"):
     call()
@@ -130,9 +139,12 @@ def test_a_rate_beyond_float_range_is_the_rate_error():
 
 @pytest.mark.parametrize("member", ["dropout", "gaussian_dropout", "drop_block", "drop_connect"])
 def test_a_bad_key_is_an_error_even_when_unused(member):
-  f = {"dropout": jaxdrop.dropout, "gaussian_dropout": jaxdrop.gaussian_dropout,
-       "drop_connect": jaxdrop.drop_connect,
-       "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 1, **kw)}[member]
+  f = {
+    "dropout": jaxdrop.dropout,
+    "gaussian_dropout": jaxdrop.gaussian_dropout,
+    "drop_connect": jaxdrop.drop_connect,
+    "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 1, **kw),
+  }[member]
   x = jnp.ones((2, 4, 4, 3))
   for kwargs in ({"deterministic": True}, {}):
     with pytest.raises(TypeError, match="key must be a PRNG key"):
@@ -142,9 +154,14 @@ def test_a_bad_key_is_an_error_even_when_unused(member):
 
 
 def test_the_size_limit_message_names_rows_and_columns():
-  with pytest.raises(ValueError, match=r"fewer than 2\*\*32 rows \(the product of all axes but the "
-                                       r"last, here 4294967296\)"):
-    jax.eval_shape(lambda x: jaxdrop.dropout(KEY, x, 0.5), jax.ShapeDtypeStruct((65536, 65536, 2), jnp.float32))
+  with pytest.raises(
+    ValueError,
+    match=r"fewer than 2\*\*32 rows \(the product of all axes but the "
+    r"last, here 4294967296\)",
+  ):
+    jax.eval_shape(
+      lambda x: jaxdrop.dropout(KEY, x, 0.5), jax.ShapeDtypeStruct((65536, 65536, 2), jnp.float32)
+    )
 
 
 def test_mc_dropout_with_the_key_last_in_fn_names_fns_signature():
@@ -169,7 +186,9 @@ def test_eager_calls_with_a_legacy_key_do_no_per_call_key_work(monkeypatch):
   np.testing.assert_array_equal(jaxdrop.random_bits(legacy, (3,)), expected_bits)
 
 
-@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "float8_e4m3fnuz"])
+@pytest.mark.parametrize(
+  "dtype", ["float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "float8_e4m3fnuz"]
+)
 def test_float8_inputs_are_rejected_not_turned_into_nan(dtype):
   # float8 overflows x / keep (e4m3fn has no inf: NaN) and e8m0 cannot hold a zero.
   x = jnp.full(64, 104.0, jnp.float32).astype(getattr(jnp, dtype))

@@ -33,7 +33,7 @@ def test_each_unit_is_exactly_its_old_or_new_value_on_dropouts_mask(rate):
 def test_the_fraction_keeping_its_value_is_the_rate(rate):
   x_prev, x_new = jnp.zeros((1000, 1000)), jnp.ones((1000, 1000))
   kept_previous = float(jnp.mean(jaxdrop.zoneout(KEY, x_prev, x_new, rate) == 0))
-  bound = 5 * np.sqrt(rate * (1 - rate) / 1e6)                  # 5 standard errors
+  bound = 5 * np.sqrt(rate * (1 - rate) / 1e6)  # 5 standard errors
   assert abs(kept_previous - rate) < bound, (kept_previous, rate)
 
 
@@ -50,13 +50,15 @@ def test_gradients_equal_autodiff_of_the_plain_selection(recompute, autodiff):
     np.testing.assert_array_equal(a, b)
   if autodiff == "jvp":
     t_prev, t_new = jax.random.normal(jax.random.key(4), (2,) + H_NEW.shape)
-    np.testing.assert_array_equal(jax.jvp(f, (H_PREV, H_NEW), (t_prev, t_new))[1],
-                                  jax.jvp(reference, (H_PREV, H_NEW), (t_prev, t_new))[1])
+    np.testing.assert_array_equal(
+      jax.jvp(f, (H_PREV, H_NEW), (t_prev, t_new))[1],
+      jax.jvp(reference, (H_PREV, H_NEW), (t_prev, t_new))[1],
+    )
 
 
 def test_backward_keeps_only_the_key():
   _, vjp = jax.vjp(lambda p, n: jaxdrop.zoneout(KEY, p, n, 0.3), H_PREV, H_NEW)
-  assert sum(leaf.nbytes for leaf in jax.tree.leaves(vjp)) < 64     # key words and scalars
+  assert sum(leaf.nbytes for leaf in jax.tree.leaves(vjp)) < 64  # key words and scalars
 
 
 def test_deterministic_is_the_expectation_concrete_or_traced():
@@ -64,39 +66,43 @@ def test_deterministic_is_the_expectation_concrete_or_traced():
   concrete = jaxdrop.zoneout(None, H_PREV, H_NEW, 0.25, deterministic=True)
   np.testing.assert_allclose(concrete, expected, rtol=1e-6, atol=1e-7)
   traced = jax.jit(lambda d: jaxdrop.zoneout(KEY, H_PREV, H_NEW, 0.25, deterministic=d))
-  np.testing.assert_array_equal(traced(True), concrete)      # bit-identical
+  np.testing.assert_array_equal(traced(True), concrete)  # bit-identical
   np.testing.assert_array_equal(traced(False), jaxdrop.zoneout(KEY, H_PREV, H_NEW, 0.25))
-  grads = jax.grad(lambda p, n: jnp.sum(jaxdrop.zoneout(None, p, n, 0.25, deterministic=True)),
-                   argnums=(0, 1))(H_PREV, H_NEW)
+  grads = jax.grad(
+    lambda p, n: jnp.sum(jaxdrop.zoneout(None, p, n, 0.25, deterministic=True)), argnums=(0, 1)
+  )(H_PREV, H_NEW)
   np.testing.assert_allclose(grads[0], 0.25)
   np.testing.assert_allclose(grads[1], 0.75)
 
 
 def test_expectation_is_rounded_once_and_ignores_an_input_of_weight_zero():
-  v = jnp.array([1.4453125], jnp.bfloat16)                    # 0.3 v + 0.7 v rounded twice
+  v = jnp.array([1.4453125], jnp.bfloat16)  # 0.3 v + 0.7 v rounded twice
   np.testing.assert_array_equal(jaxdrop.zoneout(None, v, v, 0.3, deterministic=True), v)
   h_prev = H_PREV.astype(jnp.bfloat16)
   h_new = H_NEW.astype(jnp.bfloat16)
   # The realised weights (the rate's 32-bit threshold), read off float32 calls.
   w_prev = jaxdrop.zoneout(None, jnp.ones(()), jnp.zeros(()), 0.3, deterministic=True)
   w_new = jaxdrop.zoneout(None, jnp.zeros(()), jnp.ones(()), 0.3, deterministic=True)
-  once = (w_prev * h_prev.astype(jnp.float32)
-          + w_new * h_new.astype(jnp.float32)).astype(jnp.bfloat16)
+  once = (w_prev * h_prev.astype(jnp.float32) + w_new * h_new.astype(jnp.float32)).astype(
+    jnp.bfloat16
+  )
   traced = jax.jit(lambda d: jaxdrop.zoneout(KEY, h_prev, h_new, 0.3, deterministic=d))
   concrete = jaxdrop.zoneout(None, h_prev, h_new, 0.3, deterministic=True)
-  np.testing.assert_array_equal(traced(True), concrete)       # the same operations
+  np.testing.assert_array_equal(traced(True), concrete)  # the same operations
   # Against the float32 sum rounded once: XLA may fuse the sum into a multiply-add, so a
   # value at a rounding tie may land one bfloat16 step away (3 in 2048 here); rounding each
   # term first would miss by up to two steps on a third of the values.
-  np.testing.assert_allclose(np.asarray(concrete, np.float32), np.asarray(once, np.float32),
-                             rtol=2**-7, atol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(concrete, np.float32), np.asarray(once, np.float32), rtol=2**-7, atol=1e-7
+  )
   assert float(jnp.mean(concrete == once)) > 0.99
   inf = jnp.array([jnp.inf, 3.0])
   finite = jnp.array([1.0, 2.0])
-  np.testing.assert_array_equal(jaxdrop.zoneout(None, finite, inf, 1.0, deterministic=True),
-                                finite)                        # rate 1: h_new has weight 0
+  np.testing.assert_array_equal(
+    jaxdrop.zoneout(None, finite, inf, 1.0, deterministic=True), finite
+  )  # rate 1: h_new has weight 0
   at_rate = jax.jit(lambda r: jaxdrop.zoneout(KEY, inf, finite, r, deterministic=True))
-  np.testing.assert_array_equal(at_rate(0.0), finite)          # rate 0: h_prev has weight 0
+  np.testing.assert_array_equal(at_rate(0.0), finite)  # rate 0: h_prev has weight 0
   np.testing.assert_array_equal(at_rate(1.0), inf)
 
 
@@ -146,9 +152,9 @@ def test_rnn_under_scan_masks_each_step_and_trains_through_time():
     def cell(h, inputs):
       t, x = inputs
       h_new = jnp.tanh(x + h @ w)
-      h = jaxdrop.zoneout(jax.random.fold_in(key, t), h, h_new, rate,
-                          deterministic=deterministic)
+      h = jaxdrop.zoneout(jax.random.fold_in(key, t), h, h_new, rate, deterministic=deterministic)
       return h, h
+
     return jax.lax.scan(cell, jnp.zeros((batch, width)), (jnp.arange(steps), xs))[1]
 
   hs = jax.jit(run)(w, KEY, 0.5)

@@ -23,9 +23,10 @@ import jaxdrop
 from jaxdrop import _keys, _mask
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("JAXDROP_BATTERIES") != "1",
-    reason="the stream's fine structure runs in its own step: "
-           "JAXDROP_BATTERIES=1 python -m pytest tests/batteries")
+  os.environ.get("JAXDROP_BATTERIES") != "1",
+  reason="the stream's fine structure runs in its own step: "
+  "JAXDROP_BATTERIES=1 python -m pytest tests/batteries",
+)
 
 Z = 5.0
 
@@ -41,8 +42,14 @@ def _chunk_statistics(words, index, *, width):
   of (kept - expected)^2."""
   rows = max(CHUNK // width, 1)
   shape, global_shape = (rows, min(width, CHUNK)), (UNITS // width, width)
-  offsets = (index * jnp.uint32(rows), jnp.uint32(0)) if rows > 1 else (jnp.uint32(0), index * jnp.uint32(CHUNK))
-  bits = _mask.mask_bits(_mask.MaskSource(words, offsets), _mask.MaskLayout(shape, global_shape=global_shape))
+  offsets = (
+    (index * jnp.uint32(rows), jnp.uint32(0))
+    if rows > 1
+    else (jnp.uint32(0), index * jnp.uint32(CHUNK))
+  )
+  bits = _mask.mask_bits(
+    _mask.MaskSource(words, offsets), _mask.MaskLayout(shape, global_shape=global_shape)
+  )
   kept = (bits >> 31).astype(jnp.int32)
   agree = jnp.stack([jnp.sum(kept[:, lag:] == kept[:, :-lag], dtype=jnp.int32) for lag in LAGS])
   counts = jnp.sum(kept.reshape(-1, min(width, 1024)), axis=1, dtype=jnp.int32)
@@ -115,7 +122,11 @@ def test_rows_with_equal_first_words_are_independent():
   column = jnp.arange(2**14, dtype=jnp.uint32)[None, None, :]
   base = _mask.element_bits(first, second, column)
   flipped = _mask.element_bits(first, second ^ flips, column)
-  equal = np.asarray(jnp.sum(32 - jax.lax.population_count(base ^ flipped), axis=-1, dtype=jnp.int32))
+  equal = np.asarray(
+    jnp.sum(32 - jax.lax.population_count(base ^ flipped), axis=-1, dtype=jnp.int32)
+  )
   zs = _equal_bits_z(equal, 32 * 2**14)
   # 512 statistics: max |z| < 6 has a false-alarm rate below 1e-6.
-  assert np.abs(zs).max() < 6, f"worst z {zs.flat[np.abs(zs).argmax()]:.1f} (flipped bit {np.abs(zs).argmax() % 32})"
+  assert np.abs(zs).max() < 6, (
+    f"worst z {zs.flat[np.abs(zs).argmax()]:.1f} (flipped bit {np.abs(zs).argmax() % 32})"
+  )

@@ -18,15 +18,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import rng_quality  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("JAXDROP_BATTERIES") != "1",
-    reason="PractRand runs in its own step: JAXDROP_BATTERIES=1 python -m pytest tests/batteries")
+  os.environ.get("JAXDROP_BATTERIES") != "1",
+  reason="PractRand runs in its own step: JAXDROP_BATTERIES=1 python -m pytest tests/batteries",
+)
 
 
 @pytest.fixture(scope="module")
 def rng_test():
   build = ROOT.parent / "shared" / "tools" / "practrand" / "build"
   assert build.exists(), f"PractRand's build script is missing: {build}"
-  return subprocess.run(["bash", str(build)], capture_output=True, text=True, check=True).stdout.strip()
+  return subprocess.run(
+    ["bash", str(build)], capture_output=True, text=True, check=True
+  ).stdout.strip()
 
 
 @pytest.mark.parametrize("stream", ["rows", "long", "masks"])

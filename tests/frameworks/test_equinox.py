@@ -20,8 +20,8 @@ import pytest
 import jaxdrop
 import jaxdrop.equinox as jdeqx
 
-
 # --- tests/test_nn.py -----------------------------------------------------------------------------
+
 
 def test_dropout_basic():
   x = jax.random.normal(jax.random.key(0), (3, 4, 5))
@@ -35,7 +35,7 @@ def test_dropout_inference(flag):
   dropout = jdeqx.Dropout()
   x = jax.random.normal(jax.random.key(0), (3, 4, 5))
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore")                           # `deterministic` is deprecated
+    warnings.simplefilter("ignore")  # `deterministic` is deprecated
     assert jnp.all(dropout(x, key=jax.random.key(1), **{flag: True}) == x)
     assert jnp.all(dropout(x, **{flag: True}) == x)
     off = jdeqx.Dropout(**{flag: True})
@@ -50,6 +50,7 @@ def test_deprecated_deterministic_warns():
 
 
 # --- tests/test_tree.py ---------------------------------------------------------------------------
+
 
 class Model(eqx.Module):
   linear: eqx.nn.Linear
@@ -72,8 +73,7 @@ def test_inference_mode_switches_dropout_off_and_on():
   assert model.dropout.inference is False and evaluating.dropout.inference is True
   np.testing.assert_array_equal(evaluating(x, key=key), model.linear(x))  # a key is ignored
   training = eqx.nn.inference_mode(evaluating, value=False)
-  np.testing.assert_array_equal(training(x, key=key),
-                                jaxdrop.dropout(key, model.linear(x), 0.5))
+  np.testing.assert_array_equal(training(x, key=key), jaxdrop.dropout(key, model.linear(x), 0.5))
   with pytest.raises(RuntimeError, match="requires a key"):
     training(x)
 
@@ -95,8 +95,12 @@ def test_filter_jit_and_vmap_give_each_example_its_mask():
     np.testing.assert_array_equal(ys[i] == 0, expected == 0)
     np.testing.assert_allclose(ys[i], expected, rtol=1e-5, atol=1e-6)
   assert not np.array_equal(ys[0] == 0, ys[1] == 0)
-  np.testing.assert_allclose(forward(eqx.nn.inference_mode(model), xs, keys),
-                             jax.vmap(model.linear)(xs), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    forward(eqx.nn.inference_mode(model), xs, keys),
+    jax.vmap(model.linear)(xs),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_p_as_an_array_changes_without_retrace():
@@ -111,33 +115,39 @@ def test_p_as_an_array_changes_without_retrace():
   low = float(jnp.mean(f(jdeqx.Dropout(jnp.float32(0.25)), x, jax.random.key(0)) == 0))
   high = float(jnp.mean(f(jdeqx.Dropout(jnp.float32(0.75)), x, jax.random.key(0)) == 0))
   assert len(traces) == 1
-  assert abs(low - 0.25) < 0.02 and abs(high - 0.75) < 0.02    # 10,000 units: 4.3 sd bounds
+  assert abs(low - 0.25) < 0.02 and abs(high - 0.75) < 0.02  # 10,000 units: 4.3 sd bounds
 
 
 # --- the family, unbatched and channels-first --------------------------------------------------
 
 FAMILY = [
-    (jdeqx.ChannelDropout, {}, lambda k, x, p: jaxdrop.channel_dropout(
-        k, x, p, channel_axis=0, batch_axis=None)),
-    (jdeqx.AlphaDropout, {}, jaxdrop.alpha_dropout),
-    (jdeqx.FeatureAlphaDropout, {}, lambda k, x, p: jaxdrop.feature_alpha_dropout(
-        k, x, p, channel_axis=0, batch_axis=None)),
-    (jdeqx.GaussianDropout, {}, jaxdrop.gaussian_dropout),
-    (jdeqx.DropPath, {}, lambda k, x, p: jaxdrop.drop_path(k, x, p, mode="batch")),
-    (jdeqx.DropPath, {"batch_axis": 1}, lambda k, x, p: jaxdrop.drop_path(k, x, p, batch_axis=1)),
-    (jdeqx.DropBlock, {"block_size": 3}, lambda k, x, p: jaxdrop.drop_block(k, x, p, 3)),
+  (
+    jdeqx.ChannelDropout,
+    {},
+    lambda k, x, p: jaxdrop.channel_dropout(k, x, p, channel_axis=0, batch_axis=None),
+  ),
+  (jdeqx.AlphaDropout, {}, jaxdrop.alpha_dropout),
+  (
+    jdeqx.FeatureAlphaDropout,
+    {},
+    lambda k, x, p: jaxdrop.feature_alpha_dropout(k, x, p, channel_axis=0, batch_axis=None),
+  ),
+  (jdeqx.GaussianDropout, {}, jaxdrop.gaussian_dropout),
+  (jdeqx.DropPath, {}, lambda k, x, p: jaxdrop.drop_path(k, x, p, mode="batch")),
+  (jdeqx.DropPath, {"batch_axis": 1}, lambda k, x, p: jaxdrop.drop_path(k, x, p, batch_axis=1)),
+  (jdeqx.DropBlock, {"block_size": 3}, lambda k, x, p: jaxdrop.drop_block(k, x, p, 3)),
 ]
 
 
 @pytest.mark.parametrize("module, options, functional", FAMILY)
 def test_member_draws_the_functional_mask_and_switches_off(module, options, functional):
-  x = jax.random.normal(jax.random.key(2), (3, 6, 6))         # one (C, H, W) example
+  x = jax.random.normal(jax.random.key(2), (3, 6, 6))  # one (C, H, W) example
   key = jax.random.key(7)
   layer = module(0.3, **options)
   np.testing.assert_array_equal(layer(x, key=key), functional(key, x, 0.3))
   np.testing.assert_array_equal(layer(x, key=key, inference=True), x)
   np.testing.assert_array_equal(eqx.nn.inference_mode(layer)(x, key=key), x)
-  np.testing.assert_array_equal(module(0.0, **options)(x), x)   # p = 0 needs no key
+  np.testing.assert_array_equal(module(0.0, **options)(x), x)  # p = 0 needs no key
 
 
 def test_channel_dropout_drops_whole_channels_of_an_example():

@@ -24,6 +24,7 @@ def _transformed(f):
 
 # --- haiku/_src/basic_test.py ---------------------------------------------------------------------
 
+
 def test_dropout_rate_and_mean():
   rate = 0.25
   x = _transformed(lambda: jdhk.dropout(hk.next_rng_key(), rate, jnp.ones([1000, 1000])))
@@ -34,8 +35,11 @@ def test_dropout_rate_and_mean():
 
 def test_dropout_broadcasts():
   def run(broadcast_dims):
-    return _transformed(lambda: jdhk.dropout(hk.next_rng_key(), 0.5, jnp.ones([3, 3, 3, 3]),
-                                             broadcast_dims=broadcast_dims))
+    return _transformed(
+      lambda: jdhk.dropout(
+        hk.next_rng_key(), 0.5, jnp.ones([3, 3, 3, 3]), broadcast_dims=broadcast_dims
+      )
+    )
 
   out = np.asarray(run((1,)))
   np.testing.assert_array_equal(out[:, 0], out[:, 1])
@@ -55,21 +59,25 @@ def test_dropout_jit_with_a_traced_rate():
   x = jnp.ones([100, 100])
   np.testing.assert_array_equal(f(key, 0.25, x), jaxdrop.dropout(key, x, 0.25))
   f(key, 0.5, x)
-  assert f._cache_size() == 1                                 # the rate is traced
+  assert f._cache_size() == 1  # the rate is traced
 
 
 # --- the functional call's mask, the family's order, a transformed model -----------------------
 
 FAMILY = [
-    (lambda k, r, x: jdhk.dropout(k, r, x, (1,)), lambda k, x, r: jaxdrop.dropout(
-        k, x, r, broadcast_dims=(1,))),
-    (lambda k, r, x: jdhk.channel_dropout(k, r, x, -1, 0), jaxdrop.channel_dropout),
-    (jdhk.alpha_dropout, jaxdrop.alpha_dropout),
-    (lambda k, r, x: jdhk.feature_alpha_dropout(k, r, x, -1, 0), jaxdrop.feature_alpha_dropout),
-    (jdhk.gaussian_dropout, jaxdrop.gaussian_dropout),
-    (lambda k, r, x: jdhk.drop_path(k, r, x, 0, "row"), jaxdrop.drop_path),
-    (lambda k, r, x: jdhk.drop_block(k, r, x, 3, (1, 2)),
-     lambda k, x, r: jaxdrop.drop_block(k, x, r, 3)),
+  (
+    lambda k, r, x: jdhk.dropout(k, r, x, (1,)),
+    lambda k, x, r: jaxdrop.dropout(k, x, r, broadcast_dims=(1,)),
+  ),
+  (lambda k, r, x: jdhk.channel_dropout(k, r, x, -1, 0), jaxdrop.channel_dropout),
+  (jdhk.alpha_dropout, jaxdrop.alpha_dropout),
+  (lambda k, r, x: jdhk.feature_alpha_dropout(k, r, x, -1, 0), jaxdrop.feature_alpha_dropout),
+  (jdhk.gaussian_dropout, jaxdrop.gaussian_dropout),
+  (lambda k, r, x: jdhk.drop_path(k, r, x, 0, "row"), jaxdrop.drop_path),
+  (
+    lambda k, r, x: jdhk.drop_block(k, r, x, 3, (1, 2)),
+    lambda k, x, r: jaxdrop.drop_block(k, x, r, 3),
+  ),
 ]
 
 

@@ -13,7 +13,9 @@ import pytest
 def pytest_collection_modifyitems(config, items):
   if jax.device_count() >= 8:
     return
-  skip = pytest.mark.skip(reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+  skip = pytest.mark.skip(
+    reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  )
   for item in items:
     if "multidevice" in str(item.fspath):
       item.add_marker(skip)

@@ -20,10 +20,16 @@ KEY = jax.random.key(5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
-@pytest.mark.parametrize("spec,heads_k", [(P("data"), 8), (P("data", None, "model"), 8),
-                                          (P(None, None, ("data", "model")), 8),
-                                          (P("data", None, "model"), 4)],
-                         ids=["batch", "batch-heads", "heads", "batch-heads-gqa-masks"])
+@pytest.mark.parametrize(
+  "spec,heads_k",
+  [
+    (P("data"), 8),
+    (P("data", None, "model"), 8),
+    (P(None, None, ("data", "model")), 8),
+    (P("data", None, "model"), 4),
+  ],
+  ids=["batch", "batch-heads", "heads", "batch-heads-gqa-masks"],
+)
 def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, heads_k):
   b, t, n, h = 8, 24, 8, 16
   q = jax.random.normal(jax.random.key(0), (b, t, n, h))
@@ -31,14 +37,25 @@ def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, hea
   cot = jax.random.normal(jax.random.key(9), (b, t, n, h))
   extra = {}
   if heads_k < n:  # grouped-query attention with a head bias, a boolean mask and key lengths
-    extra = {"bias": jax.random.normal(jax.random.key(4), (1, n, 1, t)),
-             "mask": jax.random.bernoulli(jax.random.key(5), 0.8, (b, 1, t, t)),
-             "key_value_seq_lengths": jnp.arange(b, dtype=jnp.int32) + t - b}
+    extra = {
+      "bias": jax.random.normal(jax.random.key(4), (1, n, 1, t)),
+      "mask": jax.random.bernoulli(jax.random.key(5), 0.8, (b, 1, t, t)),
+      "key_value_seq_lengths": jnp.arange(b, dtype=jnp.int32) + t - b,
+    }
 
   def attend(q, k, v):
-    return jaxdrop.dot_product_attention(q, k, v, dropout_key=KEY, dropout_rate=0.3, is_causal=True,
-                                         implementation=impl, query_chunk_size=8, key_chunk_size=8,
-                                         **extra)
+    return jaxdrop.dot_product_attention(
+      q,
+      k,
+      v,
+      dropout_key=KEY,
+      dropout_rate=0.3,
+      is_causal=True,
+      implementation=impl,
+      query_chunk_size=8,
+      key_chunk_size=8,
+      **extra,
+    )
 
   loss = lambda q, k, v, g: jnp.sum(g * attend(q, k, v))
   expected, expected_grads = attend(q, k, v), jax.grad(loss, (0, 1, 2))(q, k, v, cot)
@@ -58,28 +75,47 @@ def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, hea
 
 
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
-@pytest.mark.parametrize("spec,broadcast_dims", [(P("data", None, "model"), ()),
-                                                 (P("data", None, "model"), (0, 1)),
-                                                 (P(None, None, ("data", "model")), (0,))])
+@pytest.mark.parametrize(
+  "spec,broadcast_dims",
+  [
+    (P("data", None, "model"), ()),
+    (P("data", None, "model"), (0, 1)),
+    (P(None, None, ("data", "model")), (0,)),
+  ],
+)
 def test_shard_map_blocks_draw_their_part_of_the_global_mask(impl, spec, broadcast_dims):
   b, t, n, h = 8, 20, 8, 16
   q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, h)) for i in range(3))
-  options = dict(dropout_key=KEY, dropout_rate=0.4, is_causal=True, implementation=impl,
-                 broadcast_dims=broadcast_dims, query_chunk_size=8, key_chunk_size=8)
+  options = dict(
+    dropout_key=KEY,
+    dropout_rate=0.4,
+    is_causal=True,
+    implementation=impl,
+    broadcast_dims=broadcast_dims,
+    query_chunk_size=8,
+    key_chunk_size=8,
+  )
   expected = jaxdrop.dot_product_attention(q, k, v, **options)
   cot = jax.random.normal(jax.random.key(9), (b, t, n, h))
   expected_grads = jax.grad(
-      lambda q, k, v: jnp.sum(cot * jaxdrop.dot_product_attention(q, k, v, **options)), (0, 1, 2))(q, k, v)
+    lambda q, k, v: jnp.sum(cot * jaxdrop.dot_product_attention(q, k, v, **options)), (0, 1, 2)
+  )(q, k, v)
   mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
-  attend = jax.jit(jax.shard_map(
+  attend = jax.jit(
+    jax.shard_map(
       lambda q, k, v, g: g * jaxdrop.dot_product_attention(q, k, v, **options, shard_spec=spec),
-      in_specs=(spec,) * 4, out_specs=spec))
+      in_specs=(spec,) * 4,
+      out_specs=spec,
+    )
+  )
   with jax.set_mesh(mesh):
     put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
     args = tuple(map(put, (q, k, v)))
     hlo = attend.lower(*args, put(cot)).compile().as_text()
     y = attend(*args, put(jnp.ones_like(q)))
-    grads = jax.jit(jax.grad(lambda q, k, v, g: jnp.sum(attend(q, k, v, g)), (0, 1, 2)))(*args, put(cot))
+    grads = jax.jit(jax.grad(lambda q, k, v, g: jnp.sum(attend(q, k, v, g)), (0, 1, 2)))(
+      *args, put(cot)
+    )
   assert not COLLECTIVES.search(hlo)
   np.testing.assert_array_equal(y == 0, expected == 0)
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
@@ -90,5 +126,6 @@ def test_shard_map_blocks_draw_their_part_of_the_global_mask(impl, spec, broadca
 def test_shard_spec_over_the_sequence_is_a_clear_error():
   q = jnp.ones((2, 8, 4, 16))
   with pytest.raises(ValueError, match="may split only the batch and head axes"):
-    jaxdrop.dot_product_attention(q, q, q, dropout_key=KEY, dropout_rate=0.1,
-                                  shard_spec=P(None, "data"))
+    jaxdrop.dot_product_attention(
+      q, q, q, dropout_key=KEY, dropout_rate=0.1, shard_spec=P(None, "data")
+    )

@@ -20,13 +20,15 @@ import jaxdrop
 import jaxdrop.nnx as jdnnx
 
 MEMBERS = [
-    (functools.partial(jdnnx.Dropout, broadcast_dims=()), jaxdrop.dropout),
-    (functools.partial(jdnnx.Dropout, broadcast_dims=(1,)),
-     functools.partial(jaxdrop.dropout, broadcast_dims=(1,))),
-    (jdnnx.ChannelDropout, jaxdrop.channel_dropout),
-    (jdnnx.AlphaDropout, jaxdrop.alpha_dropout),
-    (jdnnx.GaussianDropout, jaxdrop.gaussian_dropout),
-    (jdnnx.DropPath, jaxdrop.drop_path),
+  (functools.partial(jdnnx.Dropout, broadcast_dims=()), jaxdrop.dropout),
+  (
+    functools.partial(jdnnx.Dropout, broadcast_dims=(1,)),
+    functools.partial(jaxdrop.dropout, broadcast_dims=(1,)),
+  ),
+  (jdnnx.ChannelDropout, jaxdrop.channel_dropout),
+  (jdnnx.AlphaDropout, jaxdrop.alpha_dropout),
+  (jdnnx.GaussianDropout, jaxdrop.gaussian_dropout),
+  (jdnnx.DropPath, jaxdrop.drop_path),
 ]
 
 
@@ -56,6 +58,7 @@ def test_attention_fn_on_a_batch_sharded_input(mesh):
   expected = jdnnx.attention_fn(q, k, v, dropout_rng=key, dropout_rate=0.3)
   shard = lambda a: jax.sharding.reshard(a, P("X", None, "Y", None))
   out = jax.jit(lambda q, k, v: jdnnx.attention_fn(q, k, v, dropout_rng=key, dropout_rate=0.3))(
-      shard(q), shard(k), shard(v))
+    shard(q), shard(k), shard(v)
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(expected) != np.asarray(jdnnx.attention_fn(q, k, v)))

@@ -6,6 +6,7 @@ Runs on 8 devices (see conftest.py): 1-D meshes of 8 and 2-D ("data", "model") m
 
 import re
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,29 +16,31 @@ from jax.sharding import PartitionSpec as P
 
 import jaxdrop
 
-import helpers
-
 COLLECTIVES = re.compile(r"all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter")
 SHAPE = (32, 4, 4, 64)  # NHWC: batch 32, 4 x 4 maps, 64 channels
 KEY = jax.random.key(3)
 
 MEMBERS = dict(helpers.MEMBERS)
-MEMBERS["dropout shared over a sharded axis"] = (
-    lambda k, x, r: jaxdrop.dropout(k, x, r, broadcast_dims=(0, 3)))
-MEMBERS["alpha_dropout shared over a sharded axis"] = (
-    lambda k, x, r: jaxdrop.alpha_dropout(k, x, r, broadcast_dims=(0, 3)))
+MEMBERS["dropout shared over a sharded axis"] = lambda k, x, r: jaxdrop.dropout(
+  k, x, r, broadcast_dims=(0, 3)
+)
+MEMBERS["alpha_dropout shared over a sharded axis"] = lambda k, x, r: jaxdrop.alpha_dropout(
+  k, x, r, broadcast_dims=(0, 3)
+)
 MEMBERS["drop_path unscaled"] = lambda k, x, r: jaxdrop.drop_path(k, x, r, scale_by_keep=False)
-MEMBERS["gaussian_noise"] = jaxdrop.gaussian_noise           # the rate serves as stddev
+MEMBERS["gaussian_noise"] = jaxdrop.gaussian_noise  # the rate serves as stddev
 MEMBERS["stochastic_depth, dropped"] = lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.sin, x)
 MEMBERS["stochastic_depth, kept"] = lambda k, x, r: jaxdrop.stochastic_depth(  # KEY keeps it
-    jax.random.fold_in(k, 0), r, jnp.sin, x)
+  jax.random.fold_in(k, 0), r, jnp.sin, x
+)
 MEMBERS["drop_block coupled, with noise"] = lambda k, x, r: jaxdrop.drop_block(
-    k, x, r, 3, couple_channels=True, with_noise=True)
+  k, x, r, 3, couple_channels=True, with_noise=True
+)
 MEMBERS["zoneout"] = lambda k, x, r, **kw: jaxdrop.zoneout(k, -2 * x, x, r, **kw)
 
 MESHES = {
-    "1d": ((8,), ("d",), [P("d"), P(None, None, None, "d")]),
-    "2d": ((4, 2), ("data", "model"), [P("data", None, None, "model"), P(("data", "model"))]),
+  "1d": ((8,), ("d",), [P("d"), P(None, None, None, "d")]),
+  "2d": ((4, 2), ("data", "model"), [P("data", None, None, "model"), P(("data", "model"))]),
 }
 CASES = [(mesh, spec) for mesh, (_, _, specs) in MESHES.items() for spec in specs]
 
@@ -51,7 +54,7 @@ def _local_shape(spec, mesh):
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   local = list(SHAPE)
   for axis, entry in enumerate(tuple(spec) + (None,) * (len(SHAPE) - len(spec))):
-    for name in (entry if isinstance(entry, tuple) else (entry,) if entry else ()):
+    for name in entry if isinstance(entry, tuple) else (entry,) if entry else ():
       local[axis] //= sizes[name]
   return tuple(local)
 
@@ -79,7 +82,9 @@ def test_sharded_member(name, mesh_name, spec, axis_type):
       found = COLLECTIVES.search(hlo)
       assert not found, f"{found.group(0)} in the per-device program"
       # Each device draws only its own part: no array of the global shape is built.
-      assert f"[{','.join(map(str, SHAPE))}]" not in hlo, "a global-shape array in the per-device program"
+      assert f"[{','.join(map(str, SHAPE))}]" not in hlo, (
+        "a global-shape array in the per-device program"
+      )
     y, dx = fwd(KEY, xs), grad(xs, KEY, gs)
   assert y.sharding.is_equivalent_to(xs.sharding, x.ndim)
   assert y.addressable_shards[0].data.shape == _local_shape(spec, mesh)
@@ -98,7 +103,8 @@ def test_plain_dropout_is_bit_identical_sharded():
     mesh = _mesh("2d", axis_type)
     with jax.set_mesh(mesh):
       y = jax.jit(lambda k, x: jaxdrop.dropout(k, x, 0.3))(
-          KEY, jax.device_put(x, NamedSharding(mesh, P("data", None, None, "model"))))
+        KEY, jax.device_put(x, NamedSharding(mesh, P("data", None, None, "model")))
+      )
     np.testing.assert_array_equal(y, expected)
 
 
@@ -118,9 +124,16 @@ def test_rbg_keys_stay_correct_and_local(impl):
   np.testing.assert_array_equal(y, expected)
 
 
-@pytest.mark.parametrize("mesh_name,spec", [
-    ("1d", P("d")), ("1d", P(None, None, None, "d")), ("2d", P("data", None, None, "model")),
-    ("2d", P(("model", "data"))), ("2d", P("model", "data"))])
+@pytest.mark.parametrize(
+  "mesh_name,spec",
+  [
+    ("1d", P("d")),
+    ("1d", P(None, None, None, "d")),
+    ("2d", P("data", None, None, "model")),
+    ("2d", P(("model", "data"))),
+    ("2d", P("model", "data")),
+  ],
+)
 @pytest.mark.parametrize("broadcast_dims", [(), (0,), (1, 2)])
 def test_shard_map_blocks_get_their_slice_of_the_global_mask(mesh_name, spec, broadcast_dims):
   mesh = _mesh(mesh_name, AxisType.Explicit)
@@ -135,7 +148,9 @@ def test_shard_map_blocks_get_their_slice_of_the_global_mask(mesh_name, spec, br
     f = jax.jit(jax.shard_map(lambda k, x: block(k, x, spec), in_specs=(P(), spec), out_specs=spec))
     hlo = f.lower(KEY, xs).compile().as_text()
     y = f(KEY, xs)
-    naive = jax.jit(jax.shard_map(lambda k, x: block(k, x, None), in_specs=(P(), spec), out_specs=spec))(KEY, xs)
+    naive = jax.jit(
+      jax.shard_map(lambda k, x: block(k, x, None), in_specs=(P(), spec), out_specs=spec)
+    )(KEY, xs)
   assert not COLLECTIVES.search(hlo)
   np.testing.assert_array_equal(y, expected)
   # Without shard_spec every block draws the same local mask: the correlation this option removes.
@@ -147,14 +162,22 @@ def test_shard_map_gradient_and_family_members():
   mesh = _mesh("1d", AxisType.Explicit)
   x = jax.random.normal(jax.random.key(1), SHAPE)
   spec = P("d")
-  for f in (jaxdrop.channel_dropout, jaxdrop.alpha_dropout, jaxdrop.drop_path,
-            jaxdrop.gaussian_dropout, jaxdrop.gaussian_noise, MEMBERS["zoneout"]):
+  for f in (
+    jaxdrop.channel_dropout,
+    jaxdrop.alpha_dropout,
+    jaxdrop.drop_path,
+    jaxdrop.gaussian_dropout,
+    jaxdrop.gaussian_noise,
+    MEMBERS["zoneout"],
+  ):
     expected = f(KEY, x, 0.3)
     cotangent = jax.random.normal(jax.random.key(2), SHAPE)  # linear loss: see test_sharded_member
     expected_grad = jax.grad(lambda x: jnp.sum(cotangent * f(KEY, x, 0.3)))(x)
     with jax.set_mesh(mesh):
       xs = jax.device_put(x, NamedSharding(mesh, spec))
-      g = jax.shard_map(lambda k, x: f(k, x, 0.3, shard_spec=spec), in_specs=(P(), spec), out_specs=spec)
+      g = jax.shard_map(
+        lambda k, x: f(k, x, 0.3, shard_spec=spec), in_specs=(P(), spec), out_specs=spec
+      )
       y = jax.jit(g)(KEY, xs)
       dx = jax.jit(jax.grad(lambda x: jnp.sum(cotangent * g(KEY, x))))(xs)
     np.testing.assert_array_equal(y == 0, expected == 0)
@@ -163,5 +186,7 @@ def test_shard_map_gradient_and_family_members():
 
 
 def test_shard_spec_outside_shard_map_is_a_clear_error():
-  with pytest.raises(ValueError, match="names mesh axis 'd', which is not an axis of an enclosing shard_map"):
+  with pytest.raises(
+    ValueError, match="names mesh axis 'd', which is not an axis of an enclosing shard_map"
+  ):
     jaxdrop.dropout(KEY, jnp.ones(SHAPE), 0.3, shard_spec=P("d"))
