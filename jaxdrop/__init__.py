@@ -3,6 +3,8 @@
 Pure functions of an explicit key with a hand-derived backward pass.
 """
 
+from types import ModuleType as _ModuleType
+
 from ._alpha import alpha_dropout as alpha_dropout
 from ._alpha import feature_alpha_dropout as feature_alpha_dropout
 from ._attention import dot_product_attention as dot_product_attention
@@ -28,7 +30,7 @@ __version__ = "0.1.0"
 _ADAPTERS = ("nnx", "linen", "equinox", "haiku")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> _ModuleType:
   if name in _ADAPTERS:
     import importlib
 

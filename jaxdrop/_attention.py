@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +53,20 @@ _CHUNKED_ABOVE = 2**24
 # being float32 for half-precision inputs too.
 _LARGE_NEGATIVE = np.float32(-0.7 * float(np.finfo(np.float32).max))
 
+# The dropout parameters of the chunked path: (t, any_kept, scale, (batch_offset, head_offset)).
+_Drop = tuple[jax.Array, jax.Array | np.bool_, jax.Array, tuple[jax.Array, ...]]
+# The backward pass's accumulators: d(query), d(key), d(value), d(bias) (None without bias).
+_Grads = tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]
 
-def _allowed(rows, columns, mask, is_causal, q_lengths, k_lengths):
+
+def _allowed(
+  rows: jax.Array,
+  columns: jax.Array,
+  mask: jax.Array | None,
+  is_causal: bool,
+  q_lengths: jax.Array | None,
+  k_lengths: jax.Array | None,
+) -> jax.Array:
   """Which logits take part, ``(B, K, G, T, S)``-broadcastable, from query positions `rows`
   ``(1, 1, 1, T, 1)`` and key positions `columns` ``(1, 1, 1, 1, S)``: the rule of
   `jax.nn.dot_product_attention`, shared by both implementations (the chunked one passes a
@@ -71,7 +83,7 @@ def _allowed(rows, columns, mask, is_causal, q_lengths, k_lengths):
   return allowed
 
 
-def _zero_padded_rows(out, q_lengths):
+def _zero_padded_rows(out: jax.Array, q_lengths: jax.Array | None) -> jax.Array:
   """The output's query rows at or beyond `query_seq_lengths` set to 0, as jax.nn does."""
   if q_lengths is None:
     return out
@@ -79,7 +91,7 @@ def _zero_padded_rows(out, q_lengths):
   return out * rows[:, :, None, None].astype(out.dtype)
 
 
-def _add_at(total, piece, index):
+def _add_at(total: jax.Array, piece: jax.Array, index: tuple[int | jax.Array, ...]) -> jax.Array:
   """`total` with `piece` added at `index` (its start along every axis)."""
   return jax.lax.dynamic_update_slice(
     total, jax.lax.dynamic_slice(total, index, piece.shape) + piece, index
@@ -98,13 +110,15 @@ class _Config:
   length_q: int  # T and S before padding to whole chunks
   length_k: int
   dropout: bool  # False: no mask is drawn at all (rate 0 or deterministic=True)
-  mask_shape: tuple[
-    int, int, int, int
-  ]  # this call's part of the mask: (B, N, T, S), 1 where shared
-  mask_global: tuple[int, int, int, int]  # the whole mask's (differs inside shard_map)
+  mask_shape: tuple[int, ...]  # this call's part of the mask: (B, N, T, S), 1 where shared
+  mask_global: tuple[int, ...]  # the whole mask's (differs inside shard_map)
 
 
-def _grouped(a, heads_k):
+@overload
+def _grouped(a: jax.Array, heads_k: int) -> jax.Array: ...
+@overload
+def _grouped(a: jax.Array | None, heads_k: int) -> jax.Array | None: ...
+def _grouped(a: jax.Array | None, heads_k: int) -> jax.Array | None:
   """A ``(B, N, T, S)``-broadcastable array as ``(B, K, G, T, S)``-broadcastable."""
   if a is None:
     return None
@@ -114,14 +128,20 @@ def _grouped(a, heads_k):
   return a.reshape(b, heads_k, n // heads_k, t, s)
 
 
-def _chunk(a, axis, index, size):
+@overload
+def _chunk(a: jax.Array, axis: int, index: int | jax.Array, size: int) -> jax.Array: ...
+@overload
+def _chunk(
+  a: jax.Array | None, axis: int, index: int | jax.Array, size: int
+) -> jax.Array | None: ...
+def _chunk(a: jax.Array | None, axis: int, index: int | jax.Array, size: int) -> jax.Array | None:
   """Chunk `index` of `size` along `axis`, or the whole axis where it is broadcast (size 1)."""
   if a is None or a.shape[axis] == 1:
     return a
   return jax.lax.dynamic_slice_in_dim(a, index * size, size, axis)
 
 
-def varying_axes(value) -> frozenset:
+def varying_axes(value: Any) -> frozenset:
   """The manual mesh axes `value` varies over inside `jax.shard_map` (empty outside).
 
   JAX keeps them on the abstract value: ``manual_axis_type.varying`` in jax 0.10, ``vma``
@@ -134,7 +154,19 @@ def varying_axes(value) -> frozenset:
 class _Blocks:
   """The pieces of block ``(i, j)``: logits, which of them take part, the dropout multiplier."""
 
-  def __init__(self, cfg: _Config, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
+  def __init__(
+    self,
+    cfg: _Config,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    q_lengths: jax.Array | None,
+    k_lengths: jax.Array | None,
+    words: jax.Array | None,
+    drop: _Drop | None,
+  ) -> None:
     self.cfg, self.q, self.k, self.v = cfg, q, k, v
     self.bias, self.mask = bias, mask
     self.q_lengths, self.k_lengths, self.words, self.drop = q_lengths, k_lengths, words, drop
@@ -143,18 +175,18 @@ class _Blocks:
     leaves = jax.tree.leaves((q, k, v, bias, mask, q_lengths, k_lengths, words, drop))
     self.varying = tuple(sorted(set().union(*map(varying_axes, leaves))))
 
-  def fresh(self, value):
+  def fresh(self, value: jax.Array) -> jax.Array:
     """A new loop accumulator, typed like the values the loop body combines into it."""
     return jax.lax.pcast(value, self.varying, to="varying") if self.varying else value
 
-  def rows(self, i):
+  def rows(self, i: jax.Array) -> jax.Array:
     """Query positions of chunk i, shaped ``(1, 1, 1, Tq, 1)`` like the logits' axes."""
     return (i * self.cfg.q_chunk + jnp.arange(self.cfg.q_chunk)).reshape(1, 1, 1, -1, 1)
 
-  def columns(self, j):
+  def columns(self, j: jax.Array) -> jax.Array:
     return (j * self.cfg.k_chunk + jnp.arange(self.cfg.k_chunk)).reshape(1, 1, 1, 1, -1)
 
-  def logits(self, i, j):
+  def logits(self, i: jax.Array, j: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(s, allowed, exists)``: masked logits (float32), the mask of logits that take part
     (their gradient flows), and the mask of real (unpadded) keys."""
     cfg = self.cfg
@@ -174,10 +206,11 @@ class _Blocks:
     s = jnp.where(exists, s, np.finfo(np.float32).min)
     return s, allowed, exists
 
-  def multiplier(self, i, j):
+  def multiplier(self, i: jax.Array, j: jax.Array) -> jax.Array:
     """The dropout factor of block (i, j): ``1/keep`` where kept, 0 where dropped (float32),
     from the same global mask `jaxdrop.dropout` draws on the ``(B, N, T, S)`` weights."""
     cfg = self.cfg
+    assert self.drop is not None and self.words is not None  # cfg.dropout: both were drawn
     t, any_kept, scale, (batch_offset, head_offset) = self.drop
     mb, mn, mt, ms = cfg.mask_shape
     shape = (mb, mn, cfg.q_chunk if mt > 1 else 1, cfg.k_chunk if ms > 1 else 1)
@@ -194,7 +227,7 @@ class _Blocks:
     heads_k = self.k.shape[2]
     return factor[:, :, None] if mn == 1 else factor.reshape(mb, heads_k, mn // heads_k, *shape[2:])
 
-  def key_chunks(self, i):
+  def key_chunks(self, i: jax.Array) -> int | jax.Array:
     """How many key chunks query chunk i visits: all, or with `skip_causal` those that
     reach its last row.
 
@@ -212,15 +245,17 @@ class _Blocks:
     return jnp.minimum(((i + 1) * cfg.q_chunk + cfg.k_chunk - 1) // cfg.k_chunk, count)
 
 
-def _forward(cfg: _Config, blocks: _Blocks):
+def _forward(cfg: _Config, blocks: _Blocks) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Output ``(B, Tp, K, G, H)`` in float32 and, per row ``(B, K, G, Tp)``, the softmax's
   maximum `m` and ``1 / l`` for its normaliser `l` (kept apart rather than as the log-sum-exp
   ``m + log l``: for a fully masked row m is about -2.4e38, which absorbs ``log l``)."""
   b, _, heads_k, groups, h = blocks.q.shape
   count_q = blocks.q.shape[1] // cfg.q_chunk
 
-  def query_chunk(i):
-    def step(j, carry):
+  def query_chunk(i: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def step(
+      j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
       m, l, acc = carry
       s, _, exists = blocks.logits(i, j)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
@@ -257,12 +292,34 @@ def _forward(cfg: _Config, blocks: _Blocks):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
+def _chunked(
+  cfg: _Config,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array | None,
+  mask: jax.Array | None,
+  q_lengths: jax.Array | None,
+  k_lengths: jax.Array | None,
+  words: jax.Array | None,
+  drop: _Drop | None,
+) -> jax.Array:
   out, _, _ = _forward(cfg, _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop))
   return out.astype(q.dtype)
 
 
-def _chunked_fwd(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
+def _chunked_fwd(
+  cfg: _Config,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array | None,
+  mask: jax.Array | None,
+  q_lengths: jax.Array | None,
+  k_lengths: jax.Array | None,
+  words: jax.Array | None,
+  drop: _Drop | None,
+) -> tuple[jax.Array, tuple[Any, ...]]:
   out, m, inverse = _forward(
     cfg, _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
   )
@@ -270,7 +327,9 @@ def _chunked_fwd(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop):
   return out, (q, k, v, bias, mask, q_lengths, k_lengths, words, drop, out, m, inverse)
 
 
-def _chunked_bwd(cfg, residuals, g):
+def _chunked_bwd(
+  cfg: _Config, residuals: tuple[Any, ...], g: jax.Array
+) -> tuple[jax.Array | None, ...]:
   q, k, v, bias, mask, q_lengths, k_lengths, words, drop, out, m, inverse = residuals
   blocks = _Blocks(cfg, q, k, v, bias, mask, q_lengths, k_lengths, words, drop)
   count_q = q.shape[1] // cfg.q_chunk
@@ -278,7 +337,7 @@ def _chunked_bwd(cfg, residuals, g):
   # D = rowsum(dO * O) (FlashAttention-2): the softmax's correction term, dropout included.
   delta = jnp.einsum("btkgh,btkgh->bkgt", g.astype(jnp.float32), out.astype(jnp.float32))
 
-  def query_chunk(i, carry):
+  def query_chunk(i: jax.Array, carry: _Grads) -> _Grads:
     dq, dk, dv, dbias = carry
     q_i = _chunk(q, 1, i, cfg.q_chunk)
     g_i = _chunk(g, 1, i, cfg.q_chunk)
@@ -286,7 +345,7 @@ def _chunked_bwd(cfg, residuals, g):
     inverse_i = _chunk(inverse, 3, i, cfg.q_chunk)[..., None]
     delta_i = _chunk(delta, 3, i, cfg.q_chunk)[..., None]
 
-    def step(j, inner):
+    def step(j: jax.Array, inner: _Grads) -> _Grads:
       dq_i, dk, dv, dbias = inner
       s, allowed, exists = blocks.logits(i, j)
       p = jnp.where(exists, jnp.exp(s - m_i) * inverse_i, np.float32(0))
@@ -351,7 +410,13 @@ def _chunked_bwd(cfg, residuals, g):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def _pad(a, axis, multiple, value=0):
+@overload
+def _pad(a: jax.Array, axis: int, multiple: int, value: ArrayLike = 0) -> jax.Array: ...
+@overload
+def _pad(
+  a: jax.Array | None, axis: int, multiple: int, value: ArrayLike = 0
+) -> jax.Array | None: ...
+def _pad(a: jax.Array | None, axis: int, multiple: int, value: ArrayLike = 0) -> jax.Array | None:
   """Pads `axis` of `a` up to a multiple of `multiple` (not where it is broadcast)."""
   if a is None or a.shape[axis] == 1 or a.shape[axis] % multiple == 0:
     return a
@@ -361,24 +426,24 @@ def _pad(a, axis, multiple, value=0):
 
 
 def _chunked_attention(
-  q,
-  k,
-  v,
-  bias,
-  mask,
-  q_lengths,
-  k_lengths,
-  words,
-  drop,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array | None,
+  mask: jax.Array | None,
+  q_lengths: jax.Array | None,
+  k_lengths: jax.Array | None,
+  words: jax.Array | None,
+  drop: _Drop | None,
   *,
-  scale,
-  is_causal,
-  mask_shape,
-  mask_global,
-  dropout_on,
-  q_chunk,
-  k_chunk,
-):
+  scale: float,
+  is_causal: bool,
+  mask_shape: tuple[int, ...],
+  mask_global: tuple[int, ...],
+  dropout_on: bool,
+  q_chunk: int,
+  k_chunk: int,
+) -> jax.Array:
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
@@ -406,23 +471,23 @@ def _chunked_attention(
 
 
 def _xla_attention(
-  q,
-  k,
-  v,
-  bias,
-  mask,
-  q_lengths,
-  k_lengths,
-  dropout_key,
-  rate,
-  deterministic,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array | None,
+  mask: jax.Array | None,
+  q_lengths: jax.Array | None,
+  k_lengths: jax.Array | None,
+  dropout_key: jax.Array | None,
+  rate: ArrayLike,
+  deterministic: bool | jax.Array,
   *,
-  scale,
-  is_causal,
-  broadcast_dims,
-  dropout_on,
-  weights_spec,
-):
+  scale: float,
+  is_causal: bool,
+  broadcast_dims: tuple[int, ...],
+  dropout_on: bool,
+  weights_spec: jax.sharding.PartitionSpec | None,
+) -> jax.Array:
   """The materialised reference: `jax.nn.dot_product_attention`'s computation, with
   `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights."""
   if not dropout_on:
@@ -470,7 +535,7 @@ def _xla_attention(
   return _zero_padded_rows(out.reshape(b, t, n, h), q_lengths)
 
 
-def _four_d(a, name, target):
+def _four_d(a: jax.Array, name: str, target: tuple[int, ...]) -> jax.Array:
   """`a` with leading axes of size 1 up to four (as jax.nn does), checked to broadcast to the
   weights' (B, N, T, S) with its head axis 1 or N."""
   if a.ndim > 4 or any(d not in (1, want) for d, want in zip(a.shape[::-1], target[::-1])):
@@ -481,7 +546,7 @@ def _four_d(a, name, target):
   return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
 
-def _check_lengths(a, name, batch):
+def _check_lengths(a: ArrayLike | None, name: str, batch: int) -> jax.Array | None:
   if a is None:
     return None
   a = jnp.asarray(a)
@@ -493,7 +558,9 @@ def _check_lengths(a, name, batch):
   return a.astype(jnp.int32)
 
 
-def _weights_spec(shard_spec, batched: bool):
+def _weights_spec(
+  shard_spec: jax.sharding.PartitionSpec | None, batched: bool
+) -> jax.sharding.PartitionSpec | None:
   """The `PartitionSpec` of the (B, N, T, S) weights from `query`'s, which may split only
   the batch and head axes."""
   shard_spec = check.partition_spec(shard_spec, 4 if batched else 3, "shard_spec")
@@ -511,7 +578,7 @@ def _weights_spec(shard_spec, batched: bool):
   return jax.sharding.PartitionSpec(entries[0], entries[2], None, None)
 
 
-def _chunk_size(value, name):
+def _chunk_size(value: object, name: str) -> int:
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
   return int(value)
@@ -707,11 +774,12 @@ def dot_product_attention(
     mask_shape = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
     mask_global = mask_shape
     if dropout_on:
+      assert dropout_key is not None  # require_key has checked it above
       words = mask_words(dropout_key)
       params, _ = bernoulli_scalars(
         drop_threshold(dropout_rate), jnp.asarray(deterministic), "inverted"
       )
-      offsets = (jnp.uint32(0), jnp.uint32(0))
+      offsets: tuple[jax.Array, ...] = (jnp.uint32(0), jnp.uint32(0))
       if weights_spec is not None:
         block_offsets, mask_global = block_position(weights_spec, weights_shape, dims)
         offsets = block_offsets[:2]  # the sequence axes are whole

@@ -8,8 +8,9 @@ import dataclasses
 import functools
 import itertools
 import math
+import types
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +19,9 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import check_common, checked_key, nan_unless, require_key
+from ._dropout import Autodiff, check_common, checked_key, nan_unless, require_key
 from ._keys import mask_words, threefry2x32
-from ._mask import MaskSource, drop_threshold, keep_mask, mask_layout, standard_normal
+from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask, mask_layout, standard_normal
 
 # Newton's method from 0 on a convex decreasing function never overshoots; at most 9 steps
 # reached float64's fixed point in every case tried (rates 1e-9 to 1 - 2**-24, maps 7 to
@@ -31,7 +32,7 @@ _NEWTON_STEPS = 16
 _NOISE_DOMAIN = (np.uint32(0x6E6F6973), np.uint32(0x65))
 
 
-def _coverage(size: int, block: int, xp=np):
+def _coverage(size: int, block: int, xp: types.ModuleType = np) -> Any:
   """How many valid block centres along one axis cover each position (centres keep blocks
   inside the map): NumPy on the host, or jax.numpy (an iota, recomputed rather than stored
   as a constant under `jax.checkpoint`)."""
@@ -67,7 +68,7 @@ def seed_rate(rate: jax.Array, n: np.ndarray, w: np.ndarray) -> jax.Array:
   target = jnp.log1p(-jnp.where(below_one, rate, 0.5))
   excess = n - n[0]
 
-  def newton(_, u):
+  def newton(_: int, u: jax.Array) -> jax.Array:
     e = jnp.exp(-excess * u)
     h = -n[0] * u + jnp.log1p(jnp.sum(w * jnp.expm1(-excess * u)))
     slope = -jnp.sum(w * n * e) / jnp.sum(w * e)
@@ -87,10 +88,17 @@ class _BlockDraw:
   spatial_axes: tuple[int, ...]
   scale_by_keep: bool = True
 
-  def _broadcast(self, vector, axis, ndim):
+  def _broadcast(self, vector: jax.Array, axis: int, ndim: int) -> jax.Array:
     return vector.reshape(tuple(-1 if a == axis else 1 for a in range(ndim)))
 
-  def __call__(self, source, layout, t, any_kept, gamma):
+  def __call__(
+    self,
+    source: MaskSource,
+    layout: MaskLayout,
+    t: jax.Array,
+    any_kept: jax.Array,
+    gamma: jax.Array,
+  ) -> tuple[jax.Array, jax.Array]:
     shape = layout.shape
     ndim, b = len(shape), self.block_size
     low, high = (b - 1) // 2, b // 2
@@ -118,7 +126,18 @@ class _BlockDraw:
 @functools.partial(
   jax.jit, static_argnames=("draw", "recompute", "autodiff", "mask_shape", "with_noise")
 )
-def _drop_block(key, x, rate, deterministic, *, draw, recompute, autodiff, mask_shape, with_noise):
+def _drop_block(
+  key: jax.Array,
+  x: jax.Array,
+  rate: ArrayLike,
+  deterministic: bool | jax.Array,
+  *,
+  draw: _BlockDraw,
+  recompute: bool,
+  autodiff: Autodiff,
+  mask_shape: tuple[int, ...],
+  with_noise: bool,
+) -> jax.Array:
   rate = jnp.asarray(rate, jnp.float32)
   valid = (rate >= 0) & (rate <= 1)
   n, w = coverage_table([x.shape[axis] for axis in draw.spatial_axes], draw.block_size)
@@ -181,7 +200,7 @@ def drop_block(
   The paper's :math:`\gamma = \frac{\text{rate}}{b^2} \frac{H W}{(H - b + 1)(W - b + 1)}`
   is this equation's first-order solution: it ignores that blocks overlap, so the
   fraction it drops falls below the rate (0.37 at rate 0.5 and 0.55 at rate 0.9 for
-  b = 7 on a 32 × 32 map; the README has the table). Each kept unit is scaled by
+  b = 7 on a 32 × 32 map; the docs' DropBlock guide has the table). Each kept unit is scaled by
   :math:`(1 - \gamma)^{-n_p}`, so :math:`\mathbb{E}[y] = x` holds exactly at every
   position. (The paper renormalises by the realised count of kept units instead; the
   per-position factor is unbiased everywhere, needs no reduction across the array, and so

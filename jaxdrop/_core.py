@@ -30,14 +30,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from ._mask import mask_layout
+from ._mask import MaskLayout, MaskSource, mask_layout
+
+# ``draw(source, layout, *params) -> (keep, mult)``; `source` is None for a given mask.
+Draw = Callable[..., tuple[jax.Array | None, ArrayLike]]
+# The draw's parameters (`*params`): arrays and scalars, functions of the rate.
+Params = tuple[ArrayLike, ...]
+# ``(shift, fill)`` of alpha dropout, or None.
+Affine = tuple[jax.Array, jax.Array] | None
 
 
-def apply_noise(keep, mult, v, affine=None):
+def apply_noise(
+  keep: ArrayLike | None, mult: ArrayLike, v: jax.Array, affine: Affine = None
+) -> jax.Array:
   """``where(keep, v * mult + shift, fill)``; without `affine`, shift and fill are 0.
 
   float16 and bfloat16 inputs are multiplied in float32 and the product cast back
@@ -56,24 +68,49 @@ def apply_noise(keep, mult, v, affine=None):
   return out if keep is None else jnp.where(keep, out, fill)
 
 
-def _draw_and_apply(draw, layout, source, params, v, affine=None):
+def _draw_and_apply(
+  draw: Draw,
+  layout: MaskLayout,
+  source: MaskSource | None,
+  params: Params,
+  v: jax.Array,
+  affine: Affine = None,
+) -> jax.Array:
   keep, mult = draw(source, layout, *params)
   return apply_noise(keep, mult, v, affine)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _op_vjp(draw, layout, recompute, source, x, params, affine):
+def _op_vjp(
+  draw: Draw,
+  layout: MaskLayout,
+  recompute: bool,
+  source: MaskSource | None,
+  x: jax.Array,
+  params: Params,
+  affine: Affine,
+) -> jax.Array:
   del recompute
   return _draw_and_apply(draw, layout, source, params, x, affine)
 
 
-def _op_vjp_fwd(draw, layout, recompute, source, x, params, affine):
+def _op_vjp_fwd(
+  draw: Draw,
+  layout: MaskLayout,
+  recompute: bool,
+  source: MaskSource | None,
+  x: jax.Array,
+  params: Params,
+  affine: Affine,
+) -> tuple[jax.Array, tuple[Any, Any]]:
   keep, mult = draw(source, layout, *params)
   residuals = (source, params) if recompute else (keep, mult)
   return apply_noise(keep, mult, x, affine), residuals
 
 
-def _op_vjp_bwd(draw, layout, recompute, residuals, g):
+def _op_vjp_bwd(
+  draw: Draw, layout: MaskLayout, recompute: bool, residuals: tuple[Any, Any], g: jax.Array
+) -> tuple[None, jax.Array, None, None]:
   keep, mult = draw(residuals[0], layout, *residuals[1]) if recompute else residuals
   # The key words and the parameters (functions of the rate) get no gradient.
   return None, apply_noise(keep, mult, g), None, None
@@ -83,13 +120,27 @@ _op_vjp.defvjp(_op_vjp_fwd, _op_vjp_bwd)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _op_jvp(draw, layout, recompute, source, x, params, affine):
+def _op_jvp(
+  draw: Draw,
+  layout: MaskLayout,
+  recompute: bool,
+  source: MaskSource | None,
+  x: jax.Array,
+  params: Params,
+  affine: Affine,
+) -> jax.Array:
   del recompute
   return _draw_and_apply(draw, layout, source, params, x, affine)
 
 
 @_op_jvp.defjvp
-def _op_jvp_rule(draw, layout, recompute, primals, tangents):
+def _op_jvp_rule(
+  draw: Draw,
+  layout: MaskLayout,
+  recompute: bool,
+  primals: tuple[MaskSource | None, jax.Array, Params, Affine],
+  tangents: tuple[Any, jax.Array, Any, Any],
+) -> tuple[jax.Array, jax.Array]:
   source, x, params, affine = primals
   x_dot = tangents[1]
   keep, mult = draw(source, layout, *params)
@@ -103,8 +154,17 @@ def _op_jvp_rule(draw, layout, recompute, primals, tangents):
 
 
 def noise_op(
-  source, x, params, *, draw, mask_shape, recompute, autodiff, affine=None, global_shape=None
-):
+  source: MaskSource | None,
+  x: jax.Array,
+  params: Params,
+  *,
+  draw: Draw,
+  mask_shape: tuple[int, ...],
+  recompute: bool,
+  autodiff: str,
+  affine: Affine = None,
+  global_shape: tuple[int, ...] | None = None,
+) -> jax.Array:
   """``where(keep, x * mult + shift, fill)`` with noise from `draw`, differentiated by hand.
 
   `draw(source, layout, *params)` gets the `MaskSource` (key words, block offsets) and
@@ -123,7 +183,7 @@ _JAX_JVP_ERROR = "can't apply forward-mode autodiff (jvp) to a custom_vjp functi
 
 
 @contextlib.contextmanager
-def forward_mode_hint(name: str):
+def forward_mode_hint(name: str) -> Iterator[None]:
   """Re-raises JAX's forward-mode error on a custom_vjp with the way out spelled out.
 
   It catches the case where `jax.jvp`, `jax.jacfwd` or `jax.linearize` trace

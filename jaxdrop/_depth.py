@@ -74,7 +74,8 @@ def stochastic_depth(
     rate: the probability of DROPPING the branch, in [0, 1]; may be traced.
     branch: the residual branch, called as ``branch(x, *args)``; for ``mode="batch"`` it may
       return any pytree of floating arrays.
-    x, *args: its arguments (for instance the layer's parameters, under `lax.scan`).
+    x: the branch's first argument (the residual stream).
+    \*args: the branch's other arguments (for instance the layer's parameters, under `lax.scan`).
     mode: ``"batch"`` (one decision, the branch skipped when dropped) or ``"row"`` (one
       decision per example along `batch_axis`, the branch always computed).
     batch_axis: for ``mode="row"``, the batch axis of the branch's output.

@@ -4,37 +4,41 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
+import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from . import _validate as check
-from ._core import apply_noise, forward_mode_hint, noise_op
+from ._core import Affine, apply_noise, forward_mode_hint, noise_op
 from ._keys import as_typed_key, mask_words
 from ._mask import MaskSource, Threshold, bernoulli, drop_threshold
 
 AUTODIFF_MODES = ("vjp", "jvp")
+Autodiff = Literal["vjp", "jvp"]
 
 # SELU's saturation value, -lambda * alpha (Klambauer et al. 2017): where alpha dropout sets
 # dropped units, before the affine correction.
 ALPHA_PRIME = -1.7580993408473766
 
 
-def compute_dtype(x_dtype) -> jnp.dtype:
+def compute_dtype(x_dtype: DTypeLike) -> jnp.dtype:
   """Scales are computed in float32 (float64 for float64 inputs) and cast once."""
   return jnp.dtype(jnp.float64) if x_dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-def nan_unless(valid: jax.Array, dtype) -> jax.Array:
+def nan_unless(valid: ArrayLike, dtype: DTypeLike) -> jax.Array:
   """0 where `valid`, NaN where not, computed as ``sqrt(0)`` or ``sqrt(-1)``: unlike
   ``where(valid, v, nan)`` it never builds a NaN on valid input, so `jax_debug_nans` stays
   quiet on valid calls (even under `jax.disable_jit`) and fires on invalid ones."""
   return jnp.sqrt(jnp.where(valid, 0, -1).astype(dtype))
 
 
-def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str):
+def bernoulli_scalars(
+  threshold: Threshold, deterministic: bool | jax.Array, kind: str
+) -> tuple[tuple[jax.Array, jax.Array | np.bool_, jax.Array], Affine]:
   """Parameters of the Bernoulli draw, ``(t, any_kept, mult)``, and the affine part.
 
   `kind` is "inverted" (kept units times 1/keep), "classic" (kept units as they
@@ -72,7 +76,9 @@ def bernoulli_scalars(threshold: Threshold, deterministic: jax.Array, kind: str)
   return (t, any_kept, mult), affine
 
 
-def block_position(shard_spec, shape, shared_axes):
+def block_position(
+  shard_spec: jax.sharding.PartitionSpec, shape: tuple[int, ...], shared_axes: tuple[int, ...]
+) -> tuple[tuple[jax.Array, ...], tuple[int, ...]]:
   """Inside `shard_map`: this block's offset along each axis, and the global mask shape.
 
   `shard_spec` is how the global array is split over the enclosing shard_map's mesh
@@ -83,7 +89,8 @@ def block_position(shard_spec, shape, shared_axes):
   offsets, global_shape = [], []
   for axis, (entry, size) in enumerate(zip(entries, shape)):
     names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
-    index, count = 0, 1
+    index: int | jax.Array = 0
+    count = 1
     for name in names:
       try:
         n = jax.lax.axis_size(name)
@@ -99,7 +106,12 @@ def block_position(shard_spec, shape, shared_axes):
   return tuple(offsets), tuple(global_shape)
 
 
-def mask_source(key, shape, shard_spec, shared_axes=()):
+def mask_source(
+  key: jax.Array,
+  shape: tuple[int, ...],
+  shard_spec: jax.sharding.PartitionSpec | None,
+  shared_axes: tuple[int, ...] = (),
+) -> tuple[MaskSource, tuple[int, ...] | None]:
   """The `MaskSource` of `key` for an array of `shape`, and the global mask shape: inside
   `shard_map` (a `shard_spec`) the block's offsets and the whole array's mask shape, else
   none."""
@@ -113,8 +125,17 @@ def mask_source(key, shape, shard_spec, shared_axes=()):
   jax.jit, static_argnames=("shared_axes", "kind", "recompute", "autodiff", "shard_spec")
 )
 def _bernoulli_dropout(
-  key, x, threshold, deterministic, *, shared_axes, kind, recompute, autodiff, shard_spec
-):
+  key: jax.Array,
+  x: jax.Array,
+  threshold: Threshold,
+  deterministic: bool | jax.Array,
+  *,
+  shared_axes: tuple[int, ...],
+  kind: str,
+  recompute: bool,
+  autodiff: Autodiff,
+  shard_spec: jax.sharding.PartitionSpec | None,
+) -> jax.Array:
   params, affine = bernoulli_scalars(threshold, deterministic, kind)
   source, global_shape = mask_source(key, x.shape, shard_spec, shared_axes)
   return noise_op(
@@ -131,13 +152,19 @@ def _bernoulli_dropout(
 
 
 @jax.jit
-def _scale_by_keep(x, threshold):
+def _scale_by_keep(x: jax.Array, threshold: Threshold) -> jax.Array:
   """Classic dropout at test time: `x` times the keep probability that training realises."""
   (_, _, mult), _ = bernoulli_scalars(threshold, jnp.bool_(True), "classic")
   return apply_noise(None, mult, x)
 
 
-def check_common(x, rate, deterministic, recompute, autodiff):
+def check_common(
+  x: ArrayLike,
+  rate: ArrayLike,
+  deterministic: bool | ArrayLike,
+  recompute: bool,
+  autodiff: Autodiff,
+) -> tuple[jax.Array, float | None, bool | jax.Array, bool, Autodiff]:
   """The checks every member of the family shares; returns the normalised values."""
   return (
     check.float_array(x, "x"),
@@ -148,13 +175,23 @@ def check_common(x, rate, deterministic, recompute, autodiff):
   )
 
 
-def checked_key(key) -> jax.Array | None:
+@overload
+def checked_key(key: jax.Array) -> jax.Array: ...
+@overload
+def checked_key(key: jax.Array | None) -> jax.Array | None: ...
+def checked_key(key: jax.Array | None) -> jax.Array | None:
   """The key, checked as soon as it is given, even where it will not be used (deterministic,
   rate 0); None stays None. Legacy keys are returned unwrapped (`mask_words` reads both)."""
   return None if key is None else as_typed_key(key, name="key", wrap=False)
 
 
-def require_key(name: str, key, rate, deterministic, rate_name: str = "rate") -> jax.Array:
+def require_key(
+  name: str,
+  key: jax.Array | None,
+  rate: ArrayLike,
+  deterministic: bool | ArrayLike,
+  rate_name: str = "rate",
+) -> jax.Array:
   """A key from `checked_key`, which must not be None here."""
   if key is None:
     raise TypeError(
@@ -166,19 +203,19 @@ def require_key(name: str, key, rate, deterministic, rate_name: str = "rate") ->
 
 
 def run_bernoulli(
-  name,
-  key,
-  x,
-  rate,
-  rate_value,
-  deterministic,
+  name: str,
+  key: jax.Array | None,
+  x: jax.Array,
+  rate: ArrayLike,
+  rate_value: float | None,
+  deterministic: bool | jax.Array,
   *,
-  shared_axes,
-  kind,
-  recompute,
-  autodiff,
-  shard_spec=None,
-):
+  shared_axes: tuple[int, ...],
+  kind: str,
+  recompute: bool,
+  autodiff: Autodiff,
+  shard_spec: jax.sharding.PartitionSpec | None = None,
+) -> jax.Array:
   """The path every Bernoulli member takes once its own arguments are checked."""
   shard_spec = check.partition_spec(shard_spec, x.ndim, "shard_spec")
   key = checked_key(key)

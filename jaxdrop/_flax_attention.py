@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._attention import dot_product_attention
@@ -29,7 +31,7 @@ _PRECISION_NAMES = {
 }
 
 
-def no_custom_einsums(**einsums) -> None:
+def no_custom_einsums(**einsums: object) -> None:
   """Flax's hooks that replace the attention einsums cannot apply: the weights never exist."""
   for name, value in einsums.items():
     if value is not None:
@@ -41,7 +43,7 @@ def no_custom_einsums(**einsums) -> None:
       )
 
 
-def _precision_scope(precision):
+def _precision_scope(precision: Any) -> contextlib.AbstractContextManager[Any]:
   """The matmul precision `precision` asks for, as a context over the whole call."""
   if precision is None:
     return contextlib.nullcontext()
@@ -57,7 +59,7 @@ def _precision_scope(precision):
   )
 
 
-def _merge_batch(x, batch: tuple[int, ...]):
+def _merge_batch(x: ArrayLike, batch: tuple[int, ...]) -> jax.Array:
   """An array ``[batch..., a, b, c]`` (or broadcastable to it) as ``[prod(batch), a, b, c]``.
 
   One shared by every example (batch axes of size 1) stays one, ``[1, a, b, c]``: a causal
@@ -71,7 +73,7 @@ def _merge_batch(x, batch: tuple[int, ...]):
   return jnp.broadcast_to(x, batch + rest).reshape((math.prod(batch),) + rest)
 
 
-def _no_dropout(rate, deterministic) -> bool:
+def _no_dropout(rate: ArrayLike, deterministic: bool | ArrayLike) -> bool:
   """Whether a call certainly drops nothing (concrete values only; traced ones may drop)."""
   if not check.is_traced(deterministic) and check.flag(deterministic, "deterministic") is True:
     return True
@@ -79,22 +81,22 @@ def _no_dropout(rate, deterministic) -> bool:
 
 
 def flax_attention(
-  query,
-  key,
-  value,
-  bias,
-  mask,
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  bias: ArrayLike | None,
+  mask: ArrayLike | None,
   *,
   broadcast_dropout: bool,
-  dropout_rng,
-  dropout_rate,
-  deterministic,
-  precision,
+  dropout_rng: jax.Array | None,
+  dropout_rate: ArrayLike,
+  deterministic: bool | ArrayLike,
+  precision: jax.lax.PrecisionLike,
   is_causal: bool,
-  implementation,
+  implementation: Literal["xla", "chunked"] | None,
   query_chunk_size: int,
   key_chunk_size: int,
-):
+) -> jax.Array:
   """`dot_product_attention` called with Flax's arguments; see the module docstring."""
   if query.ndim < 3:
     raise ValueError(f"query must be [batch..., length, heads, depth], got shape {query.shape}")

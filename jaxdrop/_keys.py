@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 # Domain-separation constant: the mask stream of a key differs from every stream
 # that `jax.random` draws from the same key. (First digits of sqrt(2) and sqrt(3).)
@@ -19,13 +20,15 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 
 
-def _rotl(v, bits: int):
+def _rotl(v: jax.Array, bits: int) -> jax.Array:
   return jax.lax.shift_left(v, np.uint32(bits)) | jax.lax.shift_right_logical(
     v, np.uint32(32 - bits)
   )
 
 
-def threefry2x32(k0, k1, x0, x1):
+def threefry2x32(
+  k0: ArrayLike, k1: ArrayLike, x0: ArrayLike, x1: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
   """Threefry-2x32 (20 rounds) of key words and counters, broadcasting; the same function as
   JAX's `threefry2x32_p` (a test pins it), written out in plain operations.
 
@@ -47,14 +50,19 @@ def threefry2x32(k0, k1, x0, x1):
   return a, b
 
 
-def is_typed_key(key) -> bool:
+def is_typed_key(key: object) -> bool:
   dtype = getattr(key, "dtype", None)
   return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def legacy_key_shape() -> tuple[int, ...]:
   """The shape of a legacy uint32 key of the default implementation (``(2,)`` for Threefry)."""
-  return _legacy_key_shape(jax.config.jax_default_prng_impl)
+  return _legacy_key_shape(_default_prng_impl())
+
+
+def _default_prng_impl() -> str:
+  # jax.config's flags are registered at run time: its stub declares none of them.
+  return jax.config.jax_default_prng_impl  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -62,7 +70,7 @@ def _legacy_key_shape(impl: str) -> tuple[int, ...]:
   return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
 
 
-def as_typed_key(key, *, name: str = "key", wrap: bool = True) -> jax.Array:
+def as_typed_key(key: jax.Array, *, name: str = "key", wrap: bool = True) -> jax.Array:
   """Returns `key` as a single typed key; legacy ``uint32`` keys are wrapped (or, with
   ``wrap=False``, returned as they are once checked: `mask_words` reads both, and skipping
   the wrap saves an eager dispatch per call).
@@ -94,7 +102,7 @@ def as_typed_key(key, *, name: str = "key", wrap: bool = True) -> jax.Array:
     )
   raise ValueError(
     f"{name} is a uint32 array of shape {key.shape}, which is not a legacy key of the "
-    f"default implementation {jax.config.jax_default_prng_impl} (shape {expected}); "
+    f"default implementation {_default_prng_impl()} (shape {expected}); "
     "pass a typed key from jax.random.key"
   )
 

@@ -13,20 +13,34 @@ from jax.typing import ArrayLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import AUTODIFF_MODES, bernoulli_scalars, checked_key
+from ._dropout import AUTODIFF_MODES, Autodiff, bernoulli_scalars, checked_key
 from ._keys import mask_words
-from ._mask import MaskLayout, MaskSource, drop_threshold, keep_mask
+from ._mask import MaskLayout, MaskSource, Threshold, drop_threshold, keep_mask
 
 
 class DropoutMask(NamedTuple):
-  """A drawn dropout mask: `keep` (bool) and the `scale` of kept units. A pytree."""
+  """A drawn dropout mask: `keep` (bool) and the `scale` of kept units. A pytree.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> mask = jaxdrop.make_mask(jax.random.key(0), (2, 4), 0.5)
+    >>> jax.tree.map(jnp.shape, mask)           # a pytree of two arrays
+    DropoutMask(keep=(2, 4), scale=())
+    >>> float(mask.scale)                       # 1 / (1 - rate)
+    2.0
+    >>> x = jnp.arange(8.0).reshape(2, 4)
+    >>> bool(jnp.all(jaxdrop.apply_mask(mask, x) == jnp.where(mask.keep, x * mask.scale, 0)))
+    True
+  """
 
   keep: jax.Array
   scale: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "inverted"))
-def _make_mask(key, threshold, *, shape, inverted):
+def _make_mask(
+  key: jax.Array, threshold: Threshold, *, shape: tuple[int, ...], inverted: bool
+) -> DropoutMask:
   (t, any_kept, scale), _ = bernoulli_scalars(
     threshold, jnp.bool_(False), "inverted" if inverted else "classic"
   )
@@ -34,7 +48,7 @@ def _make_mask(key, threshold, *, shape, inverted):
 
 
 def make_mask(
-  key: jax.Array, shape: Sequence[int], rate: ArrayLike, *, inverted: bool = True
+  key: jax.Array | None, shape: Sequence[int], rate: ArrayLike, *, inverted: bool = True
 ) -> DropoutMask:
   r"""Draws a dropout mask once, to reuse at every step of a loop (locked dropout).
 
@@ -85,7 +99,9 @@ def make_mask(
   return _make_mask(key, drop_threshold(rate), shape=shape, inverted=inverted)
 
 
-def _given(source, layout, keep, scale):
+def _given(
+  source: None, layout: MaskLayout, keep: jax.Array, scale: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   del source, layout
   return keep, scale
 
@@ -149,7 +165,9 @@ def apply_mask(
 
 
 @functools.partial(jax.jit, static_argnames=("autodiff",))
-def _apply_mask(keep, scale, x, *, autodiff):
+def _apply_mask(
+  keep: jax.Array, scale: jax.Array, x: jax.Array, *, autodiff: Autodiff
+) -> jax.Array:
   # Jitted, so that an eager call costs one dispatch rather than one per op.
   return noise_op(
     None, x, (keep, scale), draw=_given, mask_shape=keep.shape, recompute=False, autodiff=autodiff

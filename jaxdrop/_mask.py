@@ -16,7 +16,7 @@ finaliser) mixes, and xoring the Weyl step back in (a feed-forward) makes each r
 function of the column rather than a bijection: a long row repeats 32-bit values as often
 as random data does (PractRand sees the permutations only over a whole row of 2**32
 columns). The stream passes PractRand on row-major, column-major, long-row, packed-mask and
-across-key streams, and TestU01 Crush (README, "The mask stream", for how far);
+across-key streams, and TestU01 Crush (docs/concepts/mask_stream.md for how far);
 `benchmarks/rng_quality.py` writes each stream for the batteries.
 
 The bits of an element depend only on the key and its global index, never on the mesh or the
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike, DTypeLike
 
 from . import _validate as check
 from ._keys import as_typed_key, mask_words, threefry2x32
@@ -100,7 +102,7 @@ class MaskLayout(NamedTuple):
 
 def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
   """The layout of a mask of `shape` (x's shape with size-1 shared axes) drawn for `x`."""
-  sharding = getattr(jax.typeof(x), "sharding", None)
+  sharding: Any = getattr(jax.typeof(x), "sharding", None)
   mesh = getattr(sharding, "mesh", None)
   if mesh is None or mesh.empty:
     return MaskLayout(shape)
@@ -111,7 +113,7 @@ def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
   }
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
 
-  def explicit_only(entry, shared):
+  def explicit_only(entry: Any, shared: bool) -> Any:
     names = () if entry is None or shared else entry if isinstance(entry, tuple) else (entry,)
     names = tuple(name for name in names if name in explicit)
     return None if not names else names[0] if len(names) == 1 else names
@@ -122,7 +124,9 @@ def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
   return MaskLayout(shape, entries, mesh)
 
 
-def _iota(layout: MaskLayout, shape, dimension, axes):
+def _iota(
+  layout: MaskLayout, shape: tuple[int, ...], dimension: int, axes: Sequence[int]
+) -> jax.Array:
   """A uint32 iota, sharded (when the layout says so) along the layout's `axes`."""
   if layout.spec is None:
     return jax.lax.broadcasted_iota(jnp.uint32, shape, dimension)
@@ -132,7 +136,7 @@ def _iota(layout: MaskLayout, shape, dimension, axes):
   )
 
 
-def _uint32(size) -> jax.Array | np.uint32:
+def _uint32(size: int) -> jax.Array | np.uint32:
   """A size (an int, or a symbolic dimension under jax.export) as a uint32 scalar."""
   if jax.export.is_symbolic_dim(size):
     return jnp.asarray(size).astype(jnp.uint32)
@@ -192,15 +196,18 @@ class Threshold(NamedTuple):
   the same value of the rate. `valid` is False for a traced rate outside [0, 1] or NaN.
   """
 
-  t: jax.Array
-  any_kept: jax.Array
-  keep: jax.Array
-  drop: jax.Array
-  inverse_keep: jax.Array
-  valid: jax.Array
+  # Arrays for a traced rate; NumPy scalars for a concrete one (`_host_threshold`).
+  t: jax.Array | np.uint32
+  any_kept: jax.Array | np.bool_
+  keep: jax.Array | np.floating
+  drop: jax.Array | np.floating
+  inverse_keep: jax.Array | np.floating
+  valid: jax.Array | np.bool_
 
 
-def _realised(t: int | jax.Array, any_kept, dtype, xp):
+def _realised(
+  t: jax.Array | np.uint32, any_kept: ArrayLike, dtype: DTypeLike, xp: types.ModuleType
+) -> tuple[Any, Any, Any]:
   """``(keep, drop, inverse_keep)`` from the integer threshold, with NumPy (`xp=np`, on the
   host) or jax.numpy (traced): the same float operations, so the same values."""
   kept_count = xp.where(
@@ -213,7 +220,7 @@ def _realised(t: int | jax.Array, any_kept, dtype, xp):
   return keep, drop, inverse_keep
 
 
-def _host_threshold(rate: float, dtype) -> Threshold:
+def _host_threshold(rate: float, dtype: DTypeLike) -> Threshold:
   """Exact threshold of a concrete rate, in float64 on the host.
 
   ``rate * 2**32`` is exact in float64 and Python's `round` rounds it exactly (ties to
@@ -227,7 +234,7 @@ def _host_threshold(rate: float, dtype) -> Threshold:
   return Threshold(t, any_kept, *realised, np.bool_(True))
 
 
-def _traced_threshold(rate: jax.Array, dtype) -> Threshold:
+def _traced_threshold(rate: jax.Array, dtype: DTypeLike) -> Threshold:
   """The threshold of a traced rate: exact for the rate's value in `dtype` (float32 holds a
   rate to 24 significant bits, so float32 rates within 2**-25 of 1 are 1)."""
   rate = jnp.asarray(rate, dtype)
@@ -241,7 +248,7 @@ def _traced_threshold(rate: jax.Array, dtype) -> Threshold:
 
 
 @functools.partial(jax.jit, static_argnames="shape")
-def _random_bits(key, shape):
+def _random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return mask_bits(MaskSource(mask_words(key)), MaskLayout(shape))
 
 
@@ -267,8 +274,9 @@ def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   ``shape`` the mask's shape (that of `x`, with size 1 on `broadcast_dims`) and
   ``t = round(rate * 2**32)`` clamped to ``[1, 2**32 - 1]`` for ``0 < rate < 1``; the
   same bits give `gaussian_dropout`'s noise (from their top 24 bits) and DropBlock's seeds.
-  The stream passes PractRand and TestU01 (see the README) and is pinned by golden values:
-  a change to it is a new stream version, recorded in the changelog.
+  The stream passes PractRand and TestU01 (the documentation's page on the mask stream) and
+  is pinned by golden values: a change to it is a new stream version, recorded in the
+  changelog.
 
   Args:
     key: a PRNG key, typed (`jax.random.key`, any implementation) or legacy
@@ -295,7 +303,7 @@ def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   return _random_bits(key, check.shape(shape, "shape"))
 
 
-def drop_threshold(rate, dtype=jnp.float32) -> Threshold:
+def drop_threshold(rate: ArrayLike, dtype: DTypeLike = jnp.float32) -> Threshold:
   """The `Threshold` of a drop rate in [0, 1].
 
   A concrete rate (a Python or NumPy number, or a concrete array) is converted exactly on
@@ -305,10 +313,15 @@ def drop_threshold(rate, dtype=jnp.float32) -> Threshold:
   """
   if check.is_traced(rate):
     return _traced_threshold(rate, dtype)
-  return _host_threshold(float(rate), dtype)
+  return _host_threshold(check.real_float(rate), dtype)
 
 
-def keep_mask(source: MaskSource, layout: MaskLayout, t, any_kept) -> jax.Array:
+def keep_mask(
+  source: MaskSource,
+  layout: MaskLayout,
+  t: jax.Array | np.uint32,
+  any_kept: jax.Array | np.bool_ | bool,
+) -> jax.Array:
   """Boolean keep mask of ``layout.shape``: True where the element is kept, ``bits >= t``.
 
   The comparison is signed (bits and threshold both offset by 2**31), which
@@ -319,7 +332,13 @@ def keep_mask(source: MaskSource, layout: MaskLayout, t, any_kept) -> jax.Array:
   return (bits >= threshold) & any_kept
 
 
-def bernoulli(source: MaskSource, layout: MaskLayout, t, any_kept, scale):
+def bernoulli(
+  source: MaskSource,
+  layout: MaskLayout,
+  t: jax.Array,
+  any_kept: jax.Array,
+  scale: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """The draw of plain dropout: a Bernoulli keep mask and one scale."""
   return keep_mask(source, layout, t, any_kept), scale
 

@@ -12,17 +12,34 @@ import numpy as np
 from ._dropout import compute_dtype
 from ._keys import as_typed_key
 
+# (count, mean, sum of squared deviations) of a chunk of samples; the last two are pytrees.
+_Stats = tuple[jax.Array, Any, Any]
+
 
 class MCResult(NamedTuple):
   """Predictive `mean` and `variance` over the samples (pytrees like `fn`'s output), and
-  the `samples` themselves (leading axis `num_samples`), or None when not returned."""
+  the `samples` themselves (leading axis `num_samples`), or None when not returned.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> def predict(key, x):
+    ...   return {"y": jaxdrop.dropout(key, x, 0.5)}
+    >>> mean, variance, samples = jaxdrop.mc_dropout(predict, jax.random.key(0), 16, jnp.ones(3))
+    >>> mean["y"].shape, variance["y"].shape, samples["y"].shape
+    ((3,), (3,), (16, 3))
+    >>> bool(jnp.allclose(variance["y"], samples["y"].var(0)))
+    True
+    >>> r = jaxdrop.mc_dropout(predict, jax.random.key(0), 16, jnp.ones(3), return_samples=False)
+    >>> r.samples is None, bool(jnp.allclose(r.mean["y"], mean["y"]))
+    (True, True)
+  """
 
   mean: Any
   variance: Any
   samples: Any
 
 
-def _positive_int(value, name: str) -> int:
+def _positive_int(value: object, name: str) -> int:
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{name} must be a positive integer, got {value!r}")
   if value < 1:
@@ -30,7 +47,7 @@ def _positive_int(value, name: str) -> int:
   return int(value)
 
 
-def _moments(samples):
+def _moments(samples: Any) -> tuple[Any, Any]:
   # Accumulated in float32 (float64 for float64 samples), cast explicitly: no implicit
   # promotion, so it also runs under jax_numpy_dtype_promotion="strict".
   acc = lambda s: s.astype(compute_dtype(s.dtype))
@@ -40,7 +57,7 @@ def _moments(samples):
   )
 
 
-def _combine(a, b):
+def _combine(a: _Stats, b: _Stats) -> _Stats:
   """Chan et al.'s pairwise update of (count, mean, sum of squared deviations)."""
   (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
   n = n_a + n_b
@@ -111,7 +128,7 @@ def mc_dropout(
     chunk_size = min(_positive_int(chunk_size, "chunk_size"), num_samples)
   keys = jax.random.split(as_typed_key(key, name="key"), num_samples)
 
-  def one(k):
+  def one(k: jax.Array) -> Any:
     try:
       return fn(k, *args)
     except TypeError as err:
@@ -127,7 +144,7 @@ def mc_dropout(
     mean, variance = _moments(samples)
     return MCResult(mean, variance, samples if return_samples else None)
 
-  def chunk_stats(chunk_keys):
+  def chunk_stats(chunk_keys: jax.Array) -> _Stats:
     mean, variance = _moments(jax.vmap(one)(chunk_keys))
     n = chunk_keys.shape[0]  # counts as floats: their products below would overflow int32
     return jnp.float32(n), mean, jax.tree.map(lambda v: v * n, variance)
@@ -136,7 +153,7 @@ def mc_dropout(
   chunks = keys[: full * chunk_size].reshape(full, chunk_size)
   first = chunk_stats(chunks[0])
 
-  def body(state, chunk_keys):
+  def body(state: _Stats, chunk_keys: jax.Array) -> tuple[_Stats, None]:
     return _combine(state, chunk_stats(chunk_keys)), None
 
   state, _ = jax.lax.scan(body, first, chunks[1:])

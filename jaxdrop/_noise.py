@@ -13,19 +13,31 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from . import _validate as check
 from ._core import forward_mode_hint, noise_op
-from ._dropout import check_common, checked_key, compute_dtype, mask_source, nan_unless, require_key
-from ._mask import mask_layout, standard_normal
+from ._dropout import (
+  Autodiff,
+  check_common,
+  checked_key,
+  compute_dtype,
+  mask_source,
+  nan_unless,
+  require_key,
+)
+from ._mask import MaskLayout, MaskSource, mask_layout, standard_normal
 
 
-def _gaussian_draw(source, layout, sigma, any_kept):
+def _gaussian_draw(
+  source: MaskSource, layout: MaskLayout, sigma: jax.Array, any_kept: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   return any_kept, 1 + sigma * standard_normal(source, layout)
 
 
-def _gaussian_sigma(rate, dtype):
+def _gaussian_sigma(
+  rate: ArrayLike, dtype: DTypeLike
+) -> tuple[jax.Array | np.float32, jax.Array | np.bool_, jax.Array | np.bool_]:
   """``(sigma, any_kept, valid)`` for a rate: sigma = sqrt(rate / (1 - rate)), 0 at rate 1.
 
   A concrete rate is converted in float64 on the host (in float32 a rate such as 1 - 1e-8
@@ -34,15 +46,26 @@ def _gaussian_sigma(rate, dtype):
   if check.is_traced(rate):
     rate = jnp.asarray(rate, dtype)
     any_kept = rate < 1
-    sigma = jnp.sqrt(rate / jnp.where(any_kept, 1 - rate, 1))
+    sigma: jax.Array | float = jnp.sqrt(rate / jnp.where(any_kept, 1 - rate, 1))
     return jnp.where(any_kept, sigma, 0), any_kept, (rate >= 0) & (rate <= 1)
-  rate = float(rate)
+  rate = check.real_float(rate)
   sigma = math.sqrt(rate / (1 - rate)) if rate < 1 else 0.0
   return np.float32(sigma), np.bool_(rate < 1), np.bool_(True)
 
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
-def _gaussian(key, x, sigma, any_kept, valid, deterministic, *, recompute, autodiff, shard_spec):
+def _gaussian(
+  key: jax.Array,
+  x: jax.Array,
+  sigma: jax.Array,
+  any_kept: jax.Array,
+  valid: jax.Array,
+  deterministic: bool | jax.Array,
+  *,
+  recompute: bool,
+  autodiff: Autodiff,
+  shard_spec: jax.sharding.PartitionSpec | None,
+) -> jax.Array:
   # A traced rate outside [0, 1] keeps every unit with NaN noise while training: a loud output.
   sigma = jnp.where(deterministic, 0, sigma + nan_unless(valid, jnp.float32)).astype(jnp.float32)
   source, global_shape = mask_source(key, x.shape, shard_spec)
@@ -125,7 +148,15 @@ def gaussian_dropout(
 
 
 @functools.partial(jax.jit, static_argnames=("shard_spec",))
-def _gaussian_noise(key, x, stddev, valid, deterministic, *, shard_spec):
+def _gaussian_noise(
+  key: jax.Array,
+  x: jax.Array,
+  stddev: jax.Array,
+  valid: bool | jax.Array,
+  deterministic: bool | jax.Array,
+  *,
+  shard_spec: jax.sharding.PartitionSpec | None,
+) -> jax.Array:
   source, global_shape = mask_source(key, x.shape, shard_spec)
   layout = mask_layout(x, x.shape)._replace(global_shape=global_shape)
   work = compute_dtype(x.dtype)
@@ -187,5 +218,6 @@ def gaussian_noise(
   if deterministic is True or stddev_value == 0.0:
     return x
   key = require_key("gaussian_noise", key, stddev, deterministic, rate_name="stddev")
-  valid = True if stddev_value is not None else (stddev >= 0) & (stddev < jnp.inf)
+  # stddev_value is None exactly when stddev is traced.
+  valid = (stddev >= 0) & (stddev < jnp.inf) if check.is_traced(stddev) else True
   return _gaussian_noise(key, x, stddev, valid, deterministic, shard_spec=shard_spec)

@@ -11,6 +11,7 @@ backward pass. (Locked dropout, the other recurrent member, is `_locked`.)
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -21,22 +22,33 @@ from . import _validate as check
 from ._core import apply_noise, forward_mode_hint, noise_op
 from ._dropout import (
   AUTODIFF_MODES,
+  Autodiff,
   checked_key,
   compute_dtype,
   mask_source,
   nan_unless,
   require_key,
 )
-from ._mask import bernoulli, drop_threshold, keep_mask
+from ._mask import MaskLayout, MaskSource, Threshold, bernoulli, drop_threshold, keep_mask
+
+# ``combine(h_prev, h_new, (new_weight, prev_weight))``, in the compute dtype.
+Combine = Callable[[jax.Array, jax.Array, tuple[jax.Array, jax.Array]], jax.Array]
 
 
-def _previous(source, layout, t, any_kept, testing, mult):
+def _previous(
+  source: MaskSource,
+  layout: MaskLayout,
+  t: jax.Array,
+  any_kept: jax.Array,
+  testing: jax.Array,
+  mult: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """The complement of `bernoulli`'s draw: the units dropout would drop (while testing, all
   of them where the previous state has a weight, none at rate 0)."""
   return testing | ~keep_mask(source, layout, t, any_kept), mult
 
 
-def _weights(threshold, deterministic):
+def _weights(threshold: Threshold, deterministic: bool | jax.Array) -> tuple[jax.Array, jax.Array]:
   """Each input's factor when testing, (1 - rate, rate), or 1 while training; NaN when the rate
   is invalid (a traced one outside [0, 1])."""
   _, _, keep, drop, _, valid = threshold
@@ -44,7 +56,13 @@ def _weights(threshold, deterministic):
   return (jnp.where(deterministic, keep, one) + nan, jnp.where(deterministic, drop, one) + nan)
 
 
-def _both(h_prev, h_new, threshold, deterministic, combine):
+def _both(
+  h_prev: jax.Array,
+  h_new: jax.Array,
+  threshold: Threshold,
+  deterministic: bool | jax.Array,
+  combine: Combine,
+) -> jax.Array:
   """`combine(h_prev, h_new)` in float32 (float64 for float64 input), cast back once: the
   expectation's two weighted terms are summed before they are rounded to half precision."""
   work = compute_dtype(h_new.dtype)
@@ -53,12 +71,14 @@ def _both(h_prev, h_new, threshold, deterministic, combine):
 
 
 @jax.jit
-def _expectation(h_prev, h_new, threshold):
+def _expectation(h_prev: jax.Array, h_new: jax.Array, threshold: Threshold) -> jax.Array:
   """What a traced ``deterministic=True`` computes, with the same operations: each input
   times its weight, a weight of 0 giving exact zeros (rate 1 ignores an infinite h_new, as
   training does)."""
 
-  def combine(h_prev, h_new, weights):
+  def combine(
+    h_prev: jax.Array, h_new: jax.Array, weights: tuple[jax.Array, jax.Array]
+  ) -> jax.Array:
     new, prev = weights
     return apply_noise(threshold.any_kept, new, h_new) + apply_noise(threshold.t > 0, prev, h_prev)
 
@@ -66,7 +86,17 @@ def _expectation(h_prev, h_new, threshold):
 
 
 @functools.partial(jax.jit, static_argnames=("recompute", "autodiff", "shard_spec"))
-def _zoneout(key, h_prev, h_new, threshold, deterministic, *, recompute, autodiff, shard_spec):
+def _zoneout(
+  key: jax.Array,
+  h_prev: jax.Array,
+  h_new: jax.Array,
+  threshold: Threshold,
+  deterministic: jax.Array,
+  *,
+  recompute: bool,
+  autodiff: Autodiff,
+  shard_spec: jax.sharding.PartitionSpec | None,
+) -> jax.Array:
   source, global_shape = mask_source(key, h_new.shape, shard_spec)
   # Updated units: dropout's keep mask on h_new (unscaled); units keeping their value: its
   # complement on h_prev. When testing, every unit of both, weighted, except an input whose
@@ -81,7 +111,9 @@ def _zoneout(key, h_prev, h_new, threshold, deterministic, *, recompute, autodif
     global_shape=global_shape,
   )
 
-  def combine(h_prev, h_new, weights):
+  def combine(
+    h_prev: jax.Array, h_new: jax.Array, weights: tuple[jax.Array, jax.Array]
+  ) -> jax.Array:
     new_mult, prev_mult = weights
     new_params = (t, threshold.any_kept | ~threshold.valid, new_mult)
     prev_testing = (deterministic & (threshold.t > 0)) | ~threshold.valid

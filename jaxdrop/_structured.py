@@ -14,10 +14,12 @@ import jax
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import check_common, run_bernoulli
+from ._dropout import Autodiff, check_common, run_bernoulli
 
 
-def _batch_and_channel(x, batch_axis, channel_axis) -> tuple[int | None, int]:
+def _batch_and_channel(
+  x: jax.Array, batch_axis: int | None, channel_axis: int
+) -> tuple[int | None, int]:
   channel = check.axes(channel_axis, x.ndim, "channel_axis")
   if len(channel) != 1:
     raise TypeError(f"channel_axis must be one integer axis, got {channel_axis!r}")
@@ -39,8 +41,18 @@ def _all_but(ndim: int, *keep: int | None) -> tuple[int, ...]:
 
 
 def _per_channel(
-  name, kind, key, x, rate, channel_axis, batch_axis, deterministic, recompute, autodiff, shard_spec
-):
+  name: str,
+  kind: str,
+  key: jax.Array | None,
+  x: ArrayLike,
+  rate: ArrayLike,
+  channel_axis: int,
+  batch_axis: int | None,
+  deterministic: bool | ArrayLike,
+  recompute: bool,
+  autodiff: Autodiff,
+  shard_spec: jax.sharding.PartitionSpec | None,
+) -> jax.Array:
   """A Bernoulli member with one decision per (example, channel): the mask is shared elsewhere."""
   x, rate_value, deterministic, recompute, autodiff = check_common(
     x, rate, deterministic, recompute, autodiff

@@ -9,15 +9,19 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
+from typing import SupportsFloat, TypeGuard, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ._keys import is_typed_key, legacy_key_shape
 
+_T = TypeVar("_T")
 
-def is_traced(value) -> bool:
+
+def is_traced(value: object) -> TypeGuard[jax.core.Tracer]:
   return isinstance(value, jax.core.Tracer)
 
 
@@ -25,13 +29,13 @@ _KEY_FIRST = "the key comes first, as in jaxdrop.dropout(key, x, rate)"
 FLOAT_DTYPES = tuple(map(jnp.dtype, (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)))
 
 
-def not_a_key(value, name: str, what: str) -> None:
+def not_a_key(value: object, name: str, what: str) -> None:
   """Raises a `TypeError` with the argument-order hint if `value` is a typed PRNG key."""
   if is_typed_key(value):
     raise TypeError(f"{name} is a PRNG key, not {what}: {_KEY_FIRST}")
 
 
-def float_array(x, name: str = "x") -> jax.Array:
+def float_array(x: ArrayLike, name: str = "x") -> jax.Array:
   """`x` as a JAX array of a floating dtype."""
   not_a_key(x, name, "an array of activations")
   try:
@@ -56,7 +60,7 @@ def float_array(x, name: str = "x") -> jax.Array:
   return x
 
 
-def _real_scalar(value, name: str, what: str) -> float | None:
+def _real_scalar(value: ArrayLike, name: str, what: str) -> float | None:
   """Checks a real scalar; returns it as a float if concrete, None if traced."""
   not_a_key(value, name, what)
   if isinstance(value, (bool, np.bool_)):
@@ -75,12 +79,18 @@ def _real_scalar(value, name: str, what: str) -> float | None:
   if is_traced(value):
     return None
   try:
-    return float(value)
+    return real_float(value)
   except OverflowError:  # a Python int beyond float64's range
     return float("inf")
 
 
-def probability(value, name: str = "rate") -> float | None:
+def real_float(value: ArrayLike) -> float:
+  """``float(value)`` of a concrete real scalar that `_real_scalar` has checked (its static
+  type, ArrayLike, admits complex numbers, which the check rejects)."""
+  return float(cast(SupportsFloat, value))
+
+
+def probability(value: ArrayLike, name: str = "rate") -> float | None:
   """Checks a probability; returns it as a float if concrete, None if traced."""
   number = _real_scalar(value, name, "a probability in [0, 1]")
   if number is not None and not 0.0 <= number <= 1.0:  # also rejects NaN
@@ -90,7 +100,7 @@ def probability(value, name: str = "rate") -> float | None:
   return number
 
 
-def nonnegative(value, name: str) -> float | None:
+def nonnegative(value: ArrayLike, name: str) -> float | None:
   """Checks a finite real number >= 0; returns it as a float if concrete, None if traced."""
   number = _real_scalar(value, name, "finite and >= 0")
   if number is not None and not 0.0 <= number < math.inf:  # also rejects NaN
@@ -98,7 +108,7 @@ def nonnegative(value, name: str) -> float | None:
   return number
 
 
-def flag(value, name: str) -> bool | jax.Array:
+def flag(value: bool | ArrayLike, name: str) -> bool | jax.Array:
   """A Python bool, or a traced boolean scalar (selected at run time)."""
   not_a_key(value, name, "a bool")
   if isinstance(value, (bool, np.bool_)):
@@ -111,7 +121,7 @@ def flag(value, name: str) -> bool | jax.Array:
   return value if is_traced(value) else bool(value)
 
 
-def static_bool(value, name: str) -> bool:
+def static_bool(value: object, name: str) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(
       f"{name} must be a Python bool (it selects the program, not a value in it), got {value!r}"
@@ -119,7 +129,7 @@ def static_bool(value, name: str) -> bool:
   return bool(value)
 
 
-def axes(value, ndim: int, name: str) -> tuple[int, ...]:
+def axes(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
   """Normalises an int or a sequence of ints to distinct non-negative axes < ndim."""
   items = (value,) if not isinstance(value, Sequence) else tuple(value)
   out = []
@@ -140,7 +150,7 @@ def axes(value, ndim: int, name: str) -> tuple[int, ...]:
   return tuple(sorted(out))
 
 
-def shape(value, name: str) -> tuple[int, ...]:
+def shape(value: Sequence[int], name: str) -> tuple[int, ...]:
   """A sequence of non-negative ints (not bools) as a tuple."""
   try:
     if any(isinstance(d, (bool, np.bool_)) for d in value):
@@ -153,7 +163,8 @@ def shape(value, name: str) -> tuple[int, ...]:
   return out
 
 
-def choice(value, options: Sequence[str], name: str) -> str:
+def choice(value: _T, options: Sequence[str | None], name: str) -> _T:
+  """`value`, unchanged (its type too: a `Literal` stays one), if it is one of `options`."""
   if value not in options:
     raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
   return value
@@ -163,7 +174,9 @@ def mask_shape(shape: tuple[int, ...], shared_axes: tuple[int, ...]) -> tuple[in
   return tuple(1 if axis in shared_axes else size for axis, size in enumerate(shape))
 
 
-def partition_spec(value, ndim: int, name: str):
+def partition_spec(
+  value: jax.sharding.PartitionSpec | None, ndim: int, name: str
+) -> jax.sharding.PartitionSpec | None:
   """None, or a `PartitionSpec` of at most `ndim` entries."""
   if value is None:
     return None

@@ -10,7 +10,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate as check
-from ._dropout import AUTODIFF_MODES, checked_key, require_key, run_bernoulli
+from ._dropout import AUTODIFF_MODES, Autodiff, checked_key, require_key, run_bernoulli
 
 
 def drop_connect(
@@ -84,7 +84,14 @@ def drop_connect(
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _bernoulli_leaf(key, leaf, rate, deterministic, recompute, autodiff):
+def _bernoulli_leaf(
+  key: jax.Array,
+  leaf: ArrayLike,
+  rate: ArrayLike,
+  deterministic: bool | jax.Array,
+  recompute: bool,
+  autodiff: Autodiff,
+) -> jax.Array:
   leaf = check.float_array(leaf, "params leaf")
   return run_bernoulli(
     "drop_connect",

@@ -15,12 +15,23 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 import jaxdrop
+
+if TYPE_CHECKING:  # imported where used: `import jaxdrop.demo` needs only jax
+  import optax
+
+# The MLP's parameters: one {"w", "b"} dict per layer.
+Params = list[dict[str, jax.Array]]
+# The training loop's carry: parameters, optimizer state, dropout rate.
+_Carry = tuple[Params, Any, jax.Array]
 
 
 def load_mnist1d(seed: int = 42) -> dict[str, np.ndarray]:
@@ -36,7 +47,7 @@ def load_mnist1d(seed: int = 42) -> dict[str, np.ndarray]:
   }
 
 
-def init_mlp(key, sizes):
+def init_mlp(key: jax.Array, sizes: Sequence[int]) -> Params:
   keys = jax.random.split(key, len(sizes) - 1)
   return [
     {"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros((1, n))}
@@ -44,7 +55,13 @@ def init_mlp(key, sizes):
   ]
 
 
-def mlp(params, x, key, rate, deterministic):
+def mlp(
+  params: Params,
+  x: jax.Array,
+  key: jax.Array | None,
+  rate: ArrayLike,
+  deterministic: bool | jax.Array,
+) -> jax.Array:
   keys = [None] * len(params) if key is None else jax.random.split(key, len(params))
   for layer, k in zip(params[:-1], keys):
     x = jax.nn.relu(x @ layer["w"] + layer["b"])
@@ -52,21 +69,23 @@ def mlp(params, x, key, rate, deterministic):
   return x @ params[-1]["w"] + params[-1]["b"]
 
 
-def accuracy(params, x, y):
+def accuracy(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(mlp(params, x, None, 0.0, True), -1) == y)
 
 
-def make_trainer(data, optimizer, batch: int):
+def make_trainer(
+  data: dict[str, np.ndarray], optimizer: optax.GradientTransformation, batch: int
+) -> Callable[..., Any]:
   import optax
 
   x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
   x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"])
 
-  def loss(params, xb, yb, key, rate):
+  def loss(params: Params, xb: jax.Array, yb: jax.Array, key: jax.Array, rate: jax.Array) -> Any:
     logits = mlp(params, xb, key, rate, False)
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-  def step(carry, key):
+  def step(carry: _Carry, key: jax.Array) -> tuple[_Carry, None]:
     params, opt_state, rate = carry
     batch_key, drop_key = jax.random.split(key)
     idx = jax.random.randint(batch_key, (batch,), 0, x.shape[0])
@@ -74,7 +93,9 @@ def make_trainer(data, optimizer, batch: int):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state, rate), None
 
-  def chunk(params, opt_state, rate, keys):
+  def chunk(
+    params: Params, opt_state: Any, rate: jax.Array, keys: jax.Array
+  ) -> tuple[Params, Any, jax.Array, jax.Array]:
     (params, opt_state, _), _ = jax.lax.scan(step, (params, opt_state, rate), keys)
     return params, opt_state, accuracy(params, x, y), accuracy(params, x_test, y_test)
 
@@ -82,7 +103,9 @@ def make_trainer(data, optimizer, batch: int):
   return jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, None)))
 
 
-def plot_curves(steps, train, test, rate, path):
+def plot_curves(
+  steps: Sequence[int], train: np.ndarray, test: np.ndarray, rate: float, path: str
+) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -107,7 +130,7 @@ def plot_curves(steps, train, test, rate, path):
   fig.savefig(path, dpi=110)
 
 
-def main(argv=None) -> dict[str, float]:
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
@@ -154,22 +177,22 @@ def main(argv=None) -> dict[str, float]:
     f"{args.weight_decay}, batch {args.batch}, {args.steps} steps; "
     f"runs: no dropout | dropout {args.rate}"
   )
-  steps, train, test = [], [], []
+  steps, train_rows, test_rows = [], [], []
   for i in range(chunks):
     params, opt_state, train_acc, test_acc = run_chunk(
       params, opt_state, rates, keys[bounds[i] : bounds[i + 1]]
     )
     train_acc, test_acc = np.asarray(train_acc), np.asarray(test_acc)
     steps.append(bounds[i + 1])
-    train.append(train_acc)
-    test.append(test_acc)
+    train_rows.append(train_acc)
+    test_rows.append(test_acc)
     bar = "#" * round(20 * (i + 1) / chunks)
     print(
       f"[{bar:<20}] step {bounds[i + 1]:>5}  train {train_acc[0]:.3f} | {train_acc[1]:.3f}   "
       f"test {test_acc[0]:.3f} | {test_acc[1]:.3f}",
       flush=True,
     )
-  train, test = np.array(train), np.array(test)
+  train, test = np.array(train_rows), np.array(test_rows)
   plot_curves(steps, train, test, args.rate, args.out)
 
   print("\n| run | train accuracy | test accuracy | train - test |\n|---|---:|---:|---:|")

@@ -18,7 +18,8 @@ The layout fields (axes, block size) are static, as `eqx.nn.Conv`'s are, so plai
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import jax
 
@@ -45,7 +46,14 @@ __all__ = [
 ]
 
 
-def _run(module, x, key, inference, function, **options):
+def _run(
+  module: eqx.nn.Dropout | _Member,
+  x: jax.Array,
+  key: jax.Array | None,
+  inference: bool | jax.Array | None,
+  function: Callable[..., jax.Array],
+  **options: Any,
+) -> jax.Array:
   """Equinox's order of decisions, then the functional member `function`.
 
   The mode first (the call's, else the field), then the rate; a key is required only when
@@ -83,7 +91,7 @@ class Dropout(eqx.nn.Dropout):
 
   def __call__(
     self,
-    x,
+    x: jax.Array,
     *,
     key: jax.Array | None = None,
     inference: bool | None = None,
@@ -109,11 +117,12 @@ class _Member(eqx.Module):
   p: float = 0.5
   inference: bool = False
 
-  _function = None
-  _options = ()
+  # Class variables, not fields: the jaxdrop function a subclass wraps and its field options.
+  _function: ClassVar[Callable[..., jax.Array]]
+  _options: ClassVar[tuple[str, ...]] = ()
 
   def __call__(
-    self, x, *, key: jax.Array | None = None, inference: bool | None = None
+    self, x: jax.Array, *, key: jax.Array | None = None, inference: bool | None = None
   ) -> jax.Array:
     options = {name: getattr(self, name) for name in self._options}
     return _run(self, x, key, inference, self._function, **options)
@@ -129,25 +138,86 @@ class _PerChannel(_Member):
 
 class ChannelDropout(_PerChannel):
   """`jaxdrop.channel_dropout` as an Equinox module: drops whole channels of a ``(C, ...)``
-  example (``channel_axis=0``, ``batch_axis=None``)."""
+  example (``channel_axis=0``, ``batch_axis=None``).
+
+  Args:
+    p: the probability of DROPPING each channel (default 0.5); `inference` and the call as
+      for `Dropout`.
+    channel_axis, batch_axis: as for `jaxdrop.channel_dropout` (default 0 and None).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.ChannelDropout(0.5)
+    >>> y = layer(jnp.ones((4, 3)), key=jax.random.key(0))   # (channel, position)
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones((4, 3))) == 1))
+    True
+  """
 
   _function = staticmethod(channel_dropout)
 
 
 class FeatureAlphaDropout(_PerChannel):
-  """`jaxdrop.feature_alpha_dropout` as an Equinox module: alpha dropout of whole channels."""
+  """`jaxdrop.feature_alpha_dropout` as an Equinox module: alpha dropout of whole channels.
+
+  Args:
+    p: the probability of DROPPING each channel (default 0.5); `inference` and the call as
+      for `Dropout`.
+    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout` (default 0 and None: an
+      unbatched ``(C, ...)`` example).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.FeatureAlphaDropout(0.5)
+    >>> y = layer(jnp.zeros((4, 3)), key=jax.random.key(0))  # (channel, position)
+    >>> bool(jnp.all(y.min(1) == y.max(1)))     # one value per channel
+    True
+    >>> print(jnp.unique(y.round(2)))           # kept: b; dropped: a * alpha' + b
+    [-0.78  0.78]
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones((4, 3))) == 1))
+    True
+  """
 
   _function = staticmethod(feature_alpha_dropout)
 
 
 class AlphaDropout(_Member):
-  """`jaxdrop.alpha_dropout` as an Equinox module: dropout for SELU networks."""
+  """`jaxdrop.alpha_dropout` as an Equinox module: dropout for SELU networks.
+
+  Args:
+    p: the probability of DROPPING each unit (default 0.5), as for `jaxdrop.alpha_dropout`;
+      `inference` and the call as for `Dropout`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.AlphaDropout(0.5)
+    >>> y = layer(jnp.zeros((2, 8)), key=jax.random.key(0))
+    >>> print(jnp.unique(y.round(2)))           # kept: b; dropped: a * alpha' + b
+    [-0.78  0.78]
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones((2, 8))) == 1))
+    True
+  """
 
   _function = staticmethod(alpha_dropout)
 
 
 class GaussianDropout(_Member):
-  """`jaxdrop.gaussian_dropout` as an Equinox module: multiplicative Gaussian noise."""
+  """`jaxdrop.gaussian_dropout` as an Equinox module: multiplicative Gaussian noise.
+
+  Args:
+    p: in [0, 1] (default 0.5), the `rate` of `jaxdrop.gaussian_dropout` (the noise variance
+      is p / (1 - p)); `inference` and the call as for `Dropout`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.GaussianDropout(0.5)
+    >>> x, key = jnp.arange(1.0, 9.0), jax.random.key(0)
+    >>> bool(jnp.all(layer(2 * x, key=key) == 2 * layer(x, key=key)))  # the noise times 2x
+    True
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(x) == x))
+    True
+  """
 
   _function = staticmethod(gaussian_dropout)
 
@@ -158,12 +228,27 @@ class DropPath(_Member):
   With ``batch_axis=None`` (the default) one draw keeps or drops the whole example, the
   per-example decision once ``vmap`` gives each example its key; an integer axis draws one
   decision per entry of that axis instead.
+
+  Args:
+    p: the probability of DROPPING the branch (default 0.5); `inference` and the call as for
+      `Dropout`.
+    batch_axis: None (the default), or an axis as for `jaxdrop.drop_path`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.DropPath(0.5)
+    >>> keys = jax.random.split(jax.random.key(0), 4)           # one key per example
+    >>> y = jax.vmap(lambda x, k: layer(x, key=k))(jnp.ones((4, 3)), keys)
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones(3)) == 1))
+    True
   """
 
   batch_axis: int | None = eqx.field(static=True, default=None)
 
   def __call__(
-    self, x, *, key: jax.Array | None = None, inference: bool | None = None
+    self, x: jax.Array, *, key: jax.Array | None = None, inference: bool | None = None
   ) -> jax.Array:
     if self.batch_axis is None:
       return _run(self, x, key, inference, drop_path, mode="batch")
@@ -174,6 +259,26 @@ class DropBlock(_Member):
   """`jaxdrop.drop_block` as an Equinox module: drops square blocks of a ``(C, H, W)`` example.
 
   ``DropBlock(p, inference=False, block_size=7, spatial_axes=(1, 2))``.
+
+  Args:
+    p: the expected fraction of units to drop (default 0.5); `inference` and the call as for
+      `Dropout`.
+    block_size, spatial_axes: as for `jaxdrop.drop_block`; pass `block_size` by name (the
+      second field is `inference`).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.DropBlock(0.25, block_size=3)
+    >>> y = layer(jnp.ones((1, 6, 6)), key=jax.random.key(2))
+    >>> print((y[0] == 0).astype(int))          # dropped units: a 3 x 3 block
+    [[0 0 0 0 0 0]
+     [1 1 1 0 0 0]
+     [1 1 1 0 0 0]
+     [1 1 1 0 0 0]
+     [0 0 0 0 0 0]
+     [0 0 0 0 0 0]]
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones((1, 6, 6))) == 1))
+    True
   """
 
   block_size: int = eqx.field(static=True, default=7)

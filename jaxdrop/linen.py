@@ -13,11 +13,12 @@ The family follows the same conventions, and `attention_fn` has the signature of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 try:
   import flax.linen as nn
@@ -25,6 +26,7 @@ except ImportError as err:  # the core needs jax alone; the adapter needs its fr
   raise ImportError('jaxdrop.linen needs Flax: pip install "jaxdrop[flax]"') from err
 from flax.linen import dtypes as _flax_dtypes
 from flax.linen.attention import dot_product_attention_weights as _flax_weights
+from flax.typing import PrecisionLike
 
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
@@ -46,25 +48,32 @@ __all__ = [
 ]
 
 
-def _run(module, inputs, deterministic, rng, function, **options):
+def _run(
+  module: nn.Dropout | _Member,
+  inputs: jax.Array,
+  deterministic: bool | None,
+  rng: jax.Array | None,
+  function: Callable[..., jax.Array],
+  **options: Any,
+) -> jax.Array:
   """Linen's order of decisions, then the functional member `function`.
 
   The merged mode first, then the rate; only when units are dropped is a key made (a
   concrete rate of 1 gives zeros without one, as in Flax). A traced `deterministic` goes on to
   jaxdrop, which takes it.
   """
-  deterministic = check.flag(
+  flag = check.flag(
     nn.merge_param("deterministic", module.deterministic, deterministic), "deterministic"
   )
   rate = module.rate
   rate_value = check.probability(rate, "rate")
-  if deterministic is True or rate_value == 0.0:
+  if flag is True or rate_value == 0.0:
     return inputs
-  if deterministic is False and rate_value == 1.0:
+  if flag is False and rate_value == 1.0:
     return jnp.zeros_like(check.float_array(inputs, "inputs"))
   if rng is None:
     rng = module.make_rng(module.rng_collection)
-  return function(rng, inputs, rate, deterministic=deterministic, **options)
+  return function(rng, inputs, rate, deterministic=flag, **options)
 
 
 class Dropout(nn.Dropout):
@@ -89,7 +98,9 @@ class Dropout(nn.Dropout):
     True
   """
 
-  def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
+  def __call__(
+    self, inputs: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
+  ) -> jax.Array:
     return _run(self, inputs, deterministic, rng, dropout, broadcast_dims=self.broadcast_dims)
 
 
@@ -104,10 +115,13 @@ class _Member(nn.Module):
   deterministic: bool | None = None
   rng_collection: str = "dropout"
 
-  _function = None
-  _options = ()
+  # Class variables, not fields: the jaxdrop function a subclass wraps and its field options.
+  _function: ClassVar[Callable[..., jax.Array]]
+  _options: ClassVar[tuple[str, ...]] = ()
 
-  def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
+  def __call__(
+    self, inputs: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
+  ) -> jax.Array:
     options = {name: getattr(self, name) for name in self._options}
     return _run(self, inputs, deterministic, rng, self._function, **options)
 
@@ -121,31 +135,115 @@ class _PerChannel(_Member):
 
 
 class ChannelDropout(_PerChannel):
-  """`jaxdrop.channel_dropout` as a Linen module: drops whole channels, one draw per example."""
+  """`jaxdrop.channel_dropout` as a Linen module: drops whole channels, one draw per example.
+
+  Attributes:
+    rate: the probability of DROPPING each channel of each example (may be traced).
+    channel_axis, batch_axis: as for `jaxdrop.channel_dropout` (default -1 and 0).
+    deterministic, rng_collection: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.ChannelDropout(0.5)
+    >>> x = jnp.ones((2, 3, 4))                 # (example, position, channel)
+    >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+    >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
+    True
+  """
 
   _function = staticmethod(channel_dropout)
 
 
 class FeatureAlphaDropout(_PerChannel):
-  """`jaxdrop.feature_alpha_dropout` as a Linen module: alpha dropout of whole channels."""
+  """`jaxdrop.feature_alpha_dropout` as a Linen module: alpha dropout of whole channels.
+
+  Attributes:
+    rate: the probability of DROPPING each channel of each example (may be traced).
+    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout` (default -1 and 0).
+    deterministic, rng_collection: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.FeatureAlphaDropout(0.5)
+    >>> x = jnp.zeros((2, 3, 4))                # (example, position, channel)
+    >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    >>> bool(jnp.all(y.min(1) == y.max(1)))     # one value per (example, channel)
+    True
+    >>> print(jnp.unique(y.round(2)))           # kept: b; dropped: a * alpha' + b
+    [-0.78  0.78]
+    >>> bool(jnp.all(layer.apply({}, x + 1, deterministic=True) == x + 1))
+    True
+  """
 
   _function = staticmethod(feature_alpha_dropout)
 
 
 class AlphaDropout(_Member):
-  """`jaxdrop.alpha_dropout` as a Linen module: dropout for SELU networks."""
+  """`jaxdrop.alpha_dropout` as a Linen module: dropout for SELU networks.
+
+  Attributes:
+    rate: the probability of DROPPING each unit, as for `jaxdrop.alpha_dropout` (may be
+      traced).
+    deterministic, rng_collection: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.AlphaDropout(0.5)
+    >>> x = jnp.zeros((2, 8))
+    >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    >>> print(jnp.unique(y.round(2)))           # kept: b; dropped: a * alpha' + b
+    [-0.78  0.78]
+    >>> bool(jnp.all(layer.apply({}, x + 1, deterministic=True) == x + 1))
+    True
+  """
 
   _function = staticmethod(alpha_dropout)
 
 
 class GaussianDropout(_Member):
-  """`jaxdrop.gaussian_dropout` as a Linen module: multiplicative Gaussian noise."""
+  """`jaxdrop.gaussian_dropout` as a Linen module: multiplicative Gaussian noise.
+
+  Attributes:
+    rate: in [0, 1], as for `jaxdrop.gaussian_dropout` (the noise variance is
+      rate / (1 - rate); may be traced).
+    deterministic, rng_collection: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.GaussianDropout(0.5)
+    >>> x, rngs = jnp.arange(1.0, 9.0), {"dropout": jax.random.key(0)}
+    >>> y = layer.apply({}, x, deterministic=False, rngs=rngs)
+    >>> y2 = layer.apply({}, 2 * x, deterministic=False, rngs=rngs)
+    >>> bool(jnp.all(y2 == 2 * y))              # same key, same noise, times 2x
+    True
+    >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
+    True
+  """
 
   _function = staticmethod(gaussian_dropout)
 
 
 class DropPath(_Member):
-  """`jaxdrop.drop_path` as a Linen module: stochastic depth on a residual branch."""
+  """`jaxdrop.drop_path` as a Linen module: stochastic depth on a residual branch.
+
+  Attributes:
+    rate: the probability of DROPPING the branch (may be traced).
+    batch_axis, mode: as for `jaxdrop.drop_path` (default 0 and ``"row"``, one decision per
+      example).
+    deterministic, rng_collection: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.DropPath(0.5)
+    >>> x = jnp.ones((4, 3))                    # the branch's output, 4 examples
+    >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+    >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
+    True
+  """
 
   batch_axis: int = 0
   mode: Literal["row", "batch"] = "row"
@@ -158,6 +256,27 @@ class DropBlock(_Member):
 
   ``DropBlock(rate, block_size=7)`` (7, timm's default, in every framework's DropBlock here);
   `spatial_axes` as for `jaxdrop.drop_block`.
+
+  Attributes:
+    rate: the expected fraction of units to drop (may be traced).
+    block_size, spatial_axes: as for `jaxdrop.drop_block` (default 7 and (1, 2), NHWC); pass
+      `block_size` by name (the second field is `deterministic`).
+    deterministic, rng_collection: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.DropBlock(0.25, block_size=3)
+    >>> x = jnp.ones((1, 6, 6, 1))
+    >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    >>> print((y[0, :, :, 0] == 0).astype(int))   # dropped units: a 3 x 3 block
+    [[0 0 0 0 0 0]
+     [0 0 0 0 0 0]
+     [0 1 1 1 0 0]
+     [0 1 1 1 0 0]
+     [0 1 1 1 0 0]
+     [0 0 0 0 0 0]]
+    >>> bool(jnp.all(layer.apply({}, x, deterministic=True) == x))
+    True
   """
 
   block_size: int = 7
@@ -167,22 +286,22 @@ class DropBlock(_Member):
 
 
 def attention_fn(
-  query,
-  key,
-  value,
-  bias=None,
-  mask=None,
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  bias: jax.Array | None = None,
+  mask: jax.Array | None = None,
   broadcast_dropout: bool = True,
-  dropout_rng=None,
-  dropout_rate=0.0,
+  dropout_rng: jax.Array | None = None,
+  dropout_rate: ArrayLike = 0.0,
   deterministic: bool = False,
-  dtype=None,
-  precision=None,
+  dtype: DTypeLike | None = None,
+  precision: PrecisionLike = None,
   module: nn.Module | None = None,
   force_fp32_for_softmax: bool = False,
-  einsum_dot_general=None,
-  qk_attn_weights_einsum=None,
-  attn_weights_value_einsum=None,
+  einsum_dot_general: Callable[..., jax.Array] | None = None,
+  qk_attn_weights_einsum: Callable[..., jax.Array] | None = None,
+  attn_weights_value_einsum: Callable[..., jax.Array] | None = None,
   *,
   is_causal: bool = False,
   implementation: Literal["xla", "chunked"] | None = None,

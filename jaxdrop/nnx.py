@@ -17,11 +17,12 @@ has the signature of ``nnx.dot_product_attention``, for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 try:
   from flax import nnx
@@ -29,6 +30,7 @@ except ImportError as err:  # the core needs jax alone; the adapter needs its fr
   raise ImportError('jaxdrop.nnx needs Flax: pip install "jaxdrop[flax]"') from err
 from flax.nnx.nn import dtypes as _flax_dtypes
 from flax.nnx.nn.attention import dot_product_attention_weights as _flax_weights
+from flax.typing import PrecisionLike, PromoteDtypeFn
 
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
@@ -52,14 +54,14 @@ __all__ = [
 Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
-def _rate_value(rate):
+def _rate_value(rate: ArrayLike | nnx.Variable) -> tuple[ArrayLike, float | None]:
   """The rate (the value of an ``nnx.Variable`` holding it), checked where it is concrete;
   returns ``(rate, its float or None when traced)``."""
   rate = rate[...] if isinstance(rate, nnx.Variable) else rate
   return rate, check.probability(rate, "rate")
 
 
-def _own_stream(rngs, collection: str):
+def _own_stream(rngs: nnx.Rngs | nnx.RngStream | None, collection: str) -> nnx.RngStream | None:
   """The stream a member keeps from its constructor's `rngs`: a fork, as Flax's layers keep."""
   if isinstance(rngs, nnx.Rngs):
     return rngs[collection].fork()
@@ -70,7 +72,14 @@ def _own_stream(rngs, collection: str):
   raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or None, got {type(rngs).__name__}")
 
 
-def _run(module, inputs, deterministic, rngs, function, **options):
+def _run(
+  module: nnx.Dropout | _Member,
+  inputs: jax.Array,
+  deterministic: bool | jax.Array | None,
+  rngs: Rngs,
+  function: Callable[..., jax.Array],
+  **options: Any,
+) -> jax.Array:
   """Flax's order of decisions, then the functional member `function`.
 
   The mode first (the call's, else the module's), then the rate; only when units are dropped
@@ -149,7 +158,7 @@ class Dropout(nnx.Dropout):
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
-  ):
+  ) -> None:
     _rate_value(rate)
     super().__init__(
       rate,
@@ -159,7 +168,9 @@ class Dropout(nnx.Dropout):
       rngs=rngs,
     )
 
-  def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
+  def __call__(
+    self, inputs: jax.Array, *, deterministic: bool | None = None, rngs: Rngs = None
+  ) -> jax.Array:
     return _run(self, inputs, deterministic, rngs, dropout, broadcast_dims=self.broadcast_dims)
 
 
@@ -170,8 +181,8 @@ class _Member(nnx.Module):
   (`_options`).
   """
 
-  _function = None
-  _options: tuple[str, ...] = ()
+  _function: ClassVar[Callable[..., jax.Array]]  # the jaxdrop function each subclass wraps
+  _options: ClassVar[tuple[str, ...]] = ()
 
   def __init__(
     self,
@@ -180,14 +191,14 @@ class _Member(nnx.Module):
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
-  ):
+  ) -> None:
     _rate_value(rate)
     self.rate = rate
     self.deterministic = deterministic
     self.rng_collection = rng_collection
     self.rngs = _own_stream(rngs, rng_collection)
 
-  def set_view(self, deterministic: bool | None = None):
+  def set_view(self, deterministic: bool | None = None) -> None:
     """Called by ``nnx.view`` to set the mode of a view of the model.
 
     Args:
@@ -196,7 +207,9 @@ class _Member(nnx.Module):
     if deterministic is not None:
       self.deterministic = deterministic
 
-  def __call__(self, inputs, *, deterministic: bool | None = None, rngs: Rngs = None):
+  def __call__(
+    self, inputs: jax.Array, *, deterministic: bool | None = None, rngs: Rngs = None
+  ) -> jax.Array:
     options = {name: getattr(self, name) for name in self._options}
     return _run(self, inputs, deterministic, rngs, self._function, **options)
 
@@ -215,37 +228,129 @@ class _PerChannel(_Member):
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
-  ):
+  ) -> None:
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.channel_axis, self.batch_axis = channel_axis, batch_axis
 
 
 class ChannelDropout(_PerChannel):
-  """`jaxdrop.channel_dropout` as an NNX module: drops whole channels, one draw per example."""
+  """`jaxdrop.channel_dropout` as an NNX module: drops whole channels, one draw per example.
+
+  Args:
+    rate: the probability of DROPPING each channel of each example; a float, or an array or
+      ``nnx.Variable``, as for `Dropout`.
+    channel_axis, batch_axis: as for `jaxdrop.channel_dropout` (default -1 and 0).
+    deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.ChannelDropout(0.5, rngs=nnx.Rngs(dropout=0))
+    >>> y = layer(jnp.ones((2, 3, 4)))          # (example, position, channel)
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((2, 3, 4))) == 1))
+    True
+  """
 
   _function = staticmethod(channel_dropout)
 
 
 class FeatureAlphaDropout(_PerChannel):
-  """`jaxdrop.feature_alpha_dropout` as an NNX module: alpha dropout of whole channels."""
+  """`jaxdrop.feature_alpha_dropout` as an NNX module: alpha dropout of whole channels.
+
+  Args:
+    rate: the probability of DROPPING each channel of each example; a float, or an array or
+      ``nnx.Variable``, as for `Dropout`.
+    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout` (default -1 and 0).
+    deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.FeatureAlphaDropout(0.5, rngs=nnx.Rngs(dropout=0))
+    >>> y = layer(jnp.zeros((2, 3, 4)))         # (example, position, channel)
+    >>> bool(jnp.all(y.min(1) == y.max(1)))     # one value per (example, channel)
+    True
+    >>> print(jnp.unique(y.round(2)))           # kept: b; dropped: a * alpha' + b
+    [-0.78  0.78]
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((2, 3, 4))) == 1))
+    True
+  """
 
   _function = staticmethod(feature_alpha_dropout)
 
 
 class AlphaDropout(_Member):
-  """`jaxdrop.alpha_dropout` as an NNX module: dropout for SELU networks."""
+  """`jaxdrop.alpha_dropout` as an NNX module: dropout for SELU networks.
+
+  Args:
+    rate: the probability of DROPPING each unit, as for `jaxdrop.alpha_dropout`; a float, or
+      an array or ``nnx.Variable``, as for `Dropout`.
+    deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.AlphaDropout(0.5, rngs=nnx.Rngs(dropout=0))
+    >>> y = layer(jnp.zeros((2, 8)))
+    >>> print(jnp.unique(y.round(2)))           # kept: b; dropped: a * alpha' + b
+    [-0.78  0.78]
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((2, 8))) == 1))
+    True
+  """
 
   _function = staticmethod(alpha_dropout)
 
 
 class GaussianDropout(_Member):
-  """`jaxdrop.gaussian_dropout` as an NNX module: multiplicative Gaussian noise."""
+  """`jaxdrop.gaussian_dropout` as an NNX module: multiplicative Gaussian noise.
+
+  Args:
+    rate: in [0, 1], as for `jaxdrop.gaussian_dropout` (the noise variance is
+      rate / (1 - rate)); a float, or an array or ``nnx.Variable``, as for `Dropout`.
+    deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.GaussianDropout(0.5, rngs=nnx.Rngs(dropout=0))
+    >>> x, key = jnp.arange(1.0, 9.0), jax.random.key(0)
+    >>> y = layer(x, rngs=key)                  # a key given at call time
+    >>> bool(jnp.all(layer(2 * x, rngs=key) == 2 * y))   # same key, same noise, times 2x
+    True
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(x) == x))
+    True
+  """
 
   _function = staticmethod(gaussian_dropout)
 
 
 class DropPath(_Member):
-  """`jaxdrop.drop_path` as an NNX module: stochastic depth on a residual branch."""
+  """`jaxdrop.drop_path` as an NNX module: stochastic depth on a residual branch.
+
+  Args:
+    rate: the probability of DROPPING the branch; a float, or an array or ``nnx.Variable``,
+      as for `Dropout`.
+    batch_axis, mode: as for `jaxdrop.drop_path` (default 0 and ``"row"``, one decision per
+      example).
+    deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
+    >>> y = layer(jnp.ones((4, 3)))             # the branch's output, 4 examples
+    >>> bool(jnp.all((y.min(1) == y.max(1)) & ((y[:, 0] == 0) | (y[:, 0] == 2))))
+    True
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((4, 3))) == 1))
+    True
+  """
 
   _function = staticmethod(drop_path)
   _options = ("batch_axis", "mode")
@@ -259,7 +364,7 @@ class DropPath(_Member):
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
-  ):
+  ) -> None:
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.batch_axis, self.mode = batch_axis, mode
 
@@ -269,6 +374,28 @@ class DropBlock(_Member):
 
   ``DropBlock(rate, block_size=7)`` (7, timm's default, in every framework's DropBlock here);
   `spatial_axes` as for `jaxdrop.drop_block`.
+
+  Args:
+    rate: the expected fraction of units to drop; a float, or an array or ``nnx.Variable``,
+      as for `Dropout`.
+    block_size, spatial_axes: as for `jaxdrop.drop_block` (default 7 and (1, 2), NHWC).
+    deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.DropBlock(0.25, 3, rngs=nnx.Rngs(dropout=0))
+    >>> y = layer(jnp.ones((1, 6, 6, 1)))
+    >>> print((y[0, :, :, 0] == 0).astype(int))   # dropped units: a 3 x 3 block
+    [[0 0 0 0 0 0]
+     [0 0 1 1 1 0]
+     [0 0 1 1 1 0]
+     [0 0 1 1 1 0]
+     [0 0 0 0 0 0]
+     [0 0 0 0 0 0]]
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((1, 6, 6, 1))) == 1))
+    True
   """
 
   _function = staticmethod(drop_block)
@@ -283,25 +410,25 @@ class DropBlock(_Member):
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
-  ):
+  ) -> None:
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.block_size, self.spatial_axes = block_size, tuple(spatial_axes)
 
 
 def attention_fn(
-  query,
-  key,
-  value,
-  bias=None,
-  mask=None,
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  bias: jax.Array | None = None,
+  mask: jax.Array | None = None,
   broadcast_dropout: bool = True,
-  dropout_rng=None,
-  dropout_rate=0.0,
+  dropout_rng: jax.Array | None = None,
+  dropout_rate: ArrayLike = 0.0,
   deterministic: bool = False,
-  dtype=None,
-  precision=None,
+  dtype: DTypeLike | None = None,
+  precision: PrecisionLike = None,
   module: nnx.Module | None = None,
-  promote_dtype=_flax_dtypes.promote_dtype,
+  promote_dtype: PromoteDtypeFn = _flax_dtypes.promote_dtype,
   is_causal: bool = False,
   *,
   implementation: Literal["xla", "chunked"] | None = None,

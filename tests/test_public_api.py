@@ -1,3 +1,4 @@
+import inspect
 import subprocess
 import sys
 
@@ -106,3 +107,49 @@ def test_missing_framework_names_the_extra(adapter, blocked, extra):
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert f'pip install "jaxdrop[{extra}]"' in out.stdout, out.stdout + out.stderr
+
+
+def _annotated_targets():
+  """(name, function) for every public callable of jaxdrop and its adapters; for a class, its
+  ``__init__`` and ``__call__`` where jaxdrop defines them (not those inherited from Flax or
+  Equinox, nor NamedTuple's)."""
+  modules = [jaxdrop] + [getattr(jaxdrop, adapter) for adapter in ADAPTERS]
+  for module in modules:
+    for name in module.__all__:
+      if name == "__version__":
+        continue
+      obj = getattr(module, name)
+      qualname = f"{module.__name__}.{name}"
+      if not inspect.isclass(obj):
+        yield qualname, obj
+        continue
+      for method in ("__init__", "__call__"):
+        function = inspect.unwrap(getattr(obj, method))
+        if getattr(function, "__module__", "").partition(".")[0] == "jaxdrop":
+          yield f"{qualname}.{method}", function
+
+
+def test_public_callables_are_fully_annotated():
+  # Reads signatures only (annotations stay strings): nothing is traced or compiled.
+  missing, checked = [], set()
+  for name, function in _annotated_targets():
+    checked.add(name)
+    signature = inspect.signature(function)
+    for parameter in signature.parameters.values():
+      if parameter.name != "self" and parameter.annotation is inspect.Parameter.empty:
+        missing.append(f"{name}: parameter {parameter.name!r}")
+    no_return = signature.return_annotation is inspect.Signature.empty
+    if no_return and not name.endswith(".__init__"):  # __init__ may leave out its `-> None`
+      missing.append(f"{name}: return")
+  assert not missing, "missing annotations:\n" + "\n".join(missing)
+  # The class filter keeps jaxdrop's own methods of every framework.
+  for own in (
+    "jaxdrop.dropout",
+    "jaxdrop.nnx.Dropout.__call__",
+    "jaxdrop.nnx.DropBlock.__init__",
+    "jaxdrop.linen.ChannelDropout.__call__",
+    "jaxdrop.equinox.DropPath.__call__",
+    "jaxdrop.haiku.drop_block",
+  ):
+    assert own in checked, own
+  assert "jaxdrop.equinox.Dropout.__init__" not in checked  # Equinox's own
