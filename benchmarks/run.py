@@ -293,17 +293,16 @@ def plot(times, sizes, dtypes, impls, path):
   fig.savefig(path, dpi=110)
 
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+DOCS_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 _MARKERS = re.compile(r"(<!-- benchmark:start -->\n).*?(<!-- benchmark:end -->)", re.S)
 
 
-def update_readme(text: str, readme: pathlib.Path = README) -> None:
-  """Writes the report between the benchmark markers of the README (headings demoted one level)."""
-  body = text.replace("\n### ", "\n#### ")
-  source = readme.read_text()
+def update_docs(text: str, page: pathlib.Path = DOCS_PAGE) -> None:
+  """Writes the report between the benchmark markers of the documentation's benchmarks page."""
+  source = page.read_text()
   if not _MARKERS.search(source):
-    raise SystemExit(f"{readme} has no <!-- benchmark:start --> ... <!-- benchmark:end --> section")
-  readme.write_text(_MARKERS.sub(lambda m: m.group(1) + body + m.group(2), source))
+    raise SystemExit(f"{page} has no <!-- benchmark:start --> ... <!-- benchmark:end --> section")
+  page.write_text(_MARKERS.sub(lambda m: m.group(1) + text + m.group(2), source))
 
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -348,9 +347,9 @@ def main(argv=None):
     "folder with --smoke, so a smoke run never overwrites the committed ones)",
   )
   parser.add_argument(
-    "--update-readme",
+    "--update-docs",
     action="store_true",
-    help="replace the benchmark section of README.md with these results",
+    help="replace the benchmark section of docs/benchmarks.md with these results",
   )
   parser.add_argument(
     "--system-malloc",
@@ -381,8 +380,8 @@ def main(argv=None):
   )
   if not args.smoke:
     plot(times, sizes, dtypes, impls, out / "results.png")
-  if args.update_readme:
-    update_readme(text)
+  if args.update_docs:
+    update_docs(text)
   print(f"wrote {out / 'results.md'}" + ("" if args.smoke else f" and {out / 'results.png'}"))
   return 0 if all(math.isfinite(v) for v in times.values()) else 1
 

@@ -183,10 +183,10 @@ def test_gradient_under_checkpoint_scan_and_vmap(recompute, autodiff):
     )  # tanh' fused differently under jit
 
 
-def test_linearize_and_linear_transpose_as_the_readme_says():
-  # README, "Forward mode": with the default custom_vjp, linearize fails only when its linear
-  # function is called and linear_transpose raises JAX's NotImplementedError; autodiff="jvp"
-  # makes both work, with the same mask.
+def test_linearize_and_linear_transpose_as_the_docs_say():
+  # docs/concepts/backward.md, "Forward mode": with the default custom_vjp, linearize fails only
+  # when its linear function is called and linear_transpose raises JAX's NotImplementedError;
+  # autodiff="jvp" makes both work, with the same mask.
   key, x = jax.random.key(0), jnp.arange(1.0, 9.0)
   y, lin = jax.linearize(lambda v: jaxdrop.dropout(key, v, 0.5), x)
   with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):

@@ -13,7 +13,8 @@ import jaxdrop
 from jaxdrop import _keys, _mask
 
 # Golden values of mask stream version 2, recorded on jax 0.10.2. A change here is a change of
-# the stream: deliberate, with a new version in the README and an entry in the CHANGELOG.
+# the stream: deliberate, with a new version in docs/concepts/mask_stream.md and an entry in the
+# CHANGELOG.
 GOLDEN_BITS = [
   (
     lambda: jax.random.key(0),
@@ -192,7 +193,8 @@ def test_traced_rates_use_the_float32_value(rate):
 
 
 def test_traced_rate_resolution_near_one():
-  # float32 cannot hold 1 - 1e-8: traced, it is 1 and drops every unit (the README says so).
+  # float32 cannot hold 1 - 1e-8: traced, it is 1 and drops every unit (as
+  # docs/concepts/mask_stream.md says).
   y = jax.jit(lambda r: jaxdrop.dropout(jax.random.key(1), jnp.ones(64), r))(1 - 1e-8)
   assert not bool(jnp.any(y))
 
@@ -204,7 +206,7 @@ def test_gaussian_dropout_concrete_rate_near_one_is_not_rounded_to_one():
   assert 0.97e4 < std < 1.03e4, std
 
 
-def test_readme_names_the_stream_version():
-  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  assert f"## The mask stream (version {_mask.STREAM_VERSION})" in readme
+def test_docs_name_the_stream_version():
+  page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "concepts" / "mask_stream.md"
+  assert f"# The mask stream (version {_mask.STREAM_VERSION})" in page.read_text()
   assert f"mask stream version {_mask.STREAM_VERSION}" in jaxdrop.random_bits.__doc__

@@ -3,7 +3,7 @@
     JAXDROP_BATTERIES=1 python -m pytest -q tests/batteries
 
 Stream 1 failed these at 512 MB (row-major FPF p = 4e-20; packed masks DC6 p = 8e-15; a long
-row's Gap-16 was already flagged). The full runs, to 16 GB, are in the README.
+row's Gap-16 was already flagged). The full runs, to 16 GB, are in docs/concepts/mask_stream.md.
 """
 
 import os
