@@ -14,7 +14,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import sphinx.addnodes  # noqa: E402
 import sphinx.util.inspect  # noqa: E402
+from sphinx.domains.python import PyXRefRole  # noqa: E402
 
 import jaxdrop  # noqa: E402
 
@@ -28,6 +30,7 @@ extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",  # Google-style Args/Returns/Examples sections
   "sphinx.ext.mathjax",
+  "sphinx-mathjax-offline",  # MathJax 3 shipped with the site: math renders without a CDN
   "sphinx.ext.viewcode",
 ]
 
@@ -51,7 +54,9 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 # Annotations are strings (`from __future__ import annotations`): show them as written.
-autodoc_type_aliases = {name: name for name in ("ArrayLike", "jax.Array", "Array", "PyTree")}
+autodoc_type_aliases = {
+  name: name for name in ("ArrayLike", "jax.Array", "Array", "PyTree", "jax.sharding.PartitionSpec")
+}
 add_module_names = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -93,16 +98,46 @@ html_theme_options = {
 sphinx.util.inspect.TypeAliasForwardRef.__repr__ = lambda self: self.name
 
 
-def _nnx_constructor_signature(app, what, name, obj, options, signature, return_annotation):
+def _constructor_signature(app, what, name, obj, options, signature, return_annotation):
   """Flax NNX's metaclass defines ``__call__(*args, **kwargs)``, which autodoc shows as an NNX
-  module's signature: show the constructor's own instead."""
-  if what == "class" and signature == "(*args: Any, **kwargs: Any)":
-    init = inspect.signature(obj.__init__)
-    parameters = list(init.parameters.values())[1:]  # without self
-    signature = init.replace(parameters=parameters)
-    return sphinx.util.inspect.stringify_signature(signature, show_return_annotation=False), None
-  return None
+  module's signature, and a Linen module's dataclass signature ends with Flax's own ``parent``
+  and ``name``: show the arguments a user passes."""
+  if what != "class":
+    return None
+  if signature == "(*args: Any, **kwargs: Any)":
+    parameters = list(inspect.signature(obj.__init__).parameters.values())[1:]  # without self
+  elif "parent:" in (signature or ""):
+    parameters = [
+      p for p in inspect.signature(obj).parameters.values() if p.name not in ("parent", "name")
+    ]
+  else:
+    return None
+  shown = inspect.Signature(parameters)
+  return sphinx.util.inspect.stringify_signature(shown, show_return_annotation=False), None
+
+
+# In docstrings, `name` links to the API entry of a jaxdrop name and is plain code otherwise
+# (an argument, a JAX function): a cross-reference that may miss. Explicit roles in the pages
+# ({func}`...`) must still resolve.
+_PY_OBJ = PyXRefRole()
+
+
+def _code_or_link(name, rawtext, text, lineno, inliner, options=None, content=()):
+  nodes, messages = _PY_OBJ("py:obj", rawtext, text, lineno, inliner, options or {}, content)
+  for node in nodes:
+    if isinstance(node, sphinx.addnodes.pending_xref):
+      node["jaxdrop_optional"] = True
+  return nodes, messages
+
+
+def _optional_reference(app, env, node, contnode):
+  return contnode if node.get("jaxdrop_optional") else None
+
+
+default_role = "code-or-link"
 
 
 def setup(app):
-  app.connect("autodoc-process-signature", _nnx_constructor_signature)
+  app.add_role("code-or-link", _code_or_link)
+  app.connect("autodoc-process-signature", _constructor_signature)
+  app.connect("missing-reference", _optional_reference)

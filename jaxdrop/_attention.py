@@ -647,10 +647,12 @@ def dot_product_attention(
       ``broadcast_dropout=True``).
     scale: the logits' scale, ``1 / sqrt(H)`` by default.
     is_causal: query ``t`` attends keys ``s <= t`` only.
-    query_seq_lengths, key_value_seq_lengths: int arrays of shape ``(B,)``; positions at or
-      beyond them are masked (and the output's padded query rows are 0).
+    query_seq_lengths: an int array of shape ``(B,)``; query rows at or beyond it are padding,
+      and the output is 0 there.
+    key_value_seq_lengths: an int array of shape ``(B,)``; keys at or beyond it are masked.
     implementation: ``"xla"``, ``"chunked"`` or None (see above).
-    query_chunk_size, key_chunk_size: the chunked implementation's block sizes.
+    query_chunk_size: the chunked implementation's block size along the queries.
+    key_chunk_size: the chunked implementation's block size along the keys.
     shard_spec: only inside `jax.shard_map`, where the arguments are blocks of global
       arrays: `query`'s entry of ``in_specs``, so that each block draws its part of the
       global mask. It may split the batch and head axes (key and value split alike); the

@@ -290,8 +290,9 @@ def dropout(
       scale by ``1 - rate`` at test time (False).
     recompute: True (the default) keeps only the key for the backward pass and
       regenerates the identical mask there; False keeps the mask, 1 byte per
-      mask element. Under `jit` both cost the same time; True saves memory
-      wherever XLA cannot fuse the mask away (`lax.scan` loops, eager `vjp`).
+      mask element. Under `jit` both cost the same time (within the benchmark's
+      run-to-run noise); True saves memory wherever XLA cannot fuse the mask away
+      (`lax.scan` loops, eager `vjp`).
     autodiff: ``"vjp"`` registers the derivative as a `jax.custom_vjp`: reverse
       mode (`jax.grad`, `jax.vjp`, and `jax.hessian`, which is forward over
       reverse). ``"jvp"`` registers it as a `jax.custom_jvp`, which also allows

@@ -143,7 +143,8 @@ class ChannelDropout(_PerChannel):
   Args:
     p: the probability of DROPPING each channel (default 0.5); `inference` and the call as
       for `Dropout`.
-    channel_axis, batch_axis: as for `jaxdrop.channel_dropout` (default 0 and None).
+    channel_axis, batch_axis: as for `jaxdrop.channel_dropout`; here by default an unbatched
+      ``(C, ...)`` example (channel axis 0, no batch axis).
 
   Examples:
     >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
@@ -164,8 +165,8 @@ class FeatureAlphaDropout(_PerChannel):
   Args:
     p: the probability of DROPPING each channel (default 0.5); `inference` and the call as
       for `Dropout`.
-    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout` (default 0 and None: an
-      unbatched ``(C, ...)`` example).
+    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout`; here by default an
+      unbatched ``(C, ...)`` example (channel axis 0, no batch axis).
 
   Examples:
     >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
@@ -263,8 +264,8 @@ class DropBlock(_Member):
   Args:
     p: the expected fraction of units to drop (default 0.5); `inference` and the call as for
       `Dropout`.
-    block_size, spatial_axes: as for `jaxdrop.drop_block`; pass `block_size` by name (the
-      second field is `inference`).
+    block_size, spatial_axes: as for `jaxdrop.drop_block`, by keyword (the second positional
+      field is `inference`).
 
   Examples:
     >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox

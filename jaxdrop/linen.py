@@ -139,7 +139,7 @@ class ChannelDropout(_PerChannel):
 
   Attributes:
     rate: the probability of DROPPING each channel of each example (may be traced).
-    channel_axis, batch_axis: as for `jaxdrop.channel_dropout` (default -1 and 0).
+    channel_axis, batch_axis: as for `jaxdrop.channel_dropout`.
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
   Examples:
@@ -161,7 +161,7 @@ class FeatureAlphaDropout(_PerChannel):
 
   Attributes:
     rate: the probability of DROPPING each channel of each example (may be traced).
-    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout` (default -1 and 0).
+    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout`.
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
   Examples:
@@ -230,8 +230,7 @@ class DropPath(_Member):
 
   Attributes:
     rate: the probability of DROPPING the branch (may be traced).
-    batch_axis, mode: as for `jaxdrop.drop_path` (default 0 and ``"row"``, one decision per
-      example).
+    batch_axis, mode: as for `jaxdrop.drop_path`.
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
   Examples:
@@ -259,8 +258,8 @@ class DropBlock(_Member):
 
   Attributes:
     rate: the expected fraction of units to drop (may be traced).
-    block_size, spatial_axes: as for `jaxdrop.drop_block` (default 7 and (1, 2), NHWC); pass
-      `block_size` by name (the second field is `deterministic`).
+    block_size, spatial_axes: as for `jaxdrop.drop_block` (NHWC by default), by keyword (the
+      second positional field is `deterministic`).
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
   Examples:

@@ -239,7 +239,7 @@ class ChannelDropout(_PerChannel):
   Args:
     rate: the probability of DROPPING each channel of each example; a float, or an array or
       ``nnx.Variable``, as for `Dropout`.
-    channel_axis, batch_axis: as for `jaxdrop.channel_dropout` (default -1 and 0).
+    channel_axis, batch_axis: as for `jaxdrop.channel_dropout`.
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
   Examples:
@@ -263,7 +263,7 @@ class FeatureAlphaDropout(_PerChannel):
   Args:
     rate: the probability of DROPPING each channel of each example; a float, or an array or
       ``nnx.Variable``, as for `Dropout`.
-    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout` (default -1 and 0).
+    channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout`.
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
   Examples:
@@ -336,8 +336,7 @@ class DropPath(_Member):
   Args:
     rate: the probability of DROPPING the branch; a float, or an array or ``nnx.Variable``,
       as for `Dropout`.
-    batch_axis, mode: as for `jaxdrop.drop_path` (default 0 and ``"row"``, one decision per
-      example).
+    batch_axis, mode: as for `jaxdrop.drop_path`.
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
   Examples:
@@ -378,7 +377,7 @@ class DropBlock(_Member):
   Args:
     rate: the expected fraction of units to drop; a float, or an array or ``nnx.Variable``,
       as for `Dropout`.
-    block_size, spatial_axes: as for `jaxdrop.drop_block` (default 7 and (1, 2), NHWC).
+    block_size, spatial_axes: as for `jaxdrop.drop_block` (NHWC by default).
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
   Examples:
