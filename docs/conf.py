@@ -83,6 +83,7 @@ nb_execution_mode = "force"
 nb_execution_timeout = 1200
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
+nb_merge_streams = True  # a cell's printed lines in one box, however often it flushed
 
 html_theme = "sphinx_book_theme"
 html_title = f"jaxdrop {release}"
