@@ -2,6 +2,7 @@
 and a runnable example in its docstring (run by the doctests), and the start page lists every
 function. The Sphinx build itself (its own CI step, strict) checks links and references."""
 
+import functools
 import importlib
 import inspect
 import pathlib
@@ -22,6 +23,7 @@ def public_names():
   return names
 
 
+@functools.cache
 def documented():
   """Names with an autodoc entry on a page of docs/api, as `jaxdrop.x` or `jaxdrop.nnx.X`."""
   found = set()
