@@ -489,23 +489,11 @@ def _xla_attention(
   weights_spec: jax.sharding.PartitionSpec | None,
 ) -> jax.Array:
   """The materialised reference: `jax.nn.dot_product_attention`'s computation, with
-  `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights."""
-  if not dropout_on:
-    # jax.nn promotes implicitly (float16 queries to float32 logits): run it under standard
-    # promotion, so that a caller's strict promotion still covers jaxdrop's own code only.
-    with jax.numpy_dtype_promotion("standard"):
-      return jax.nn.dot_product_attention(
-        q,
-        k,
-        v,
-        bias,
-        mask,
-        scale=scale,
-        is_causal=is_causal,
-        query_seq_lengths=q_lengths,
-        key_value_seq_lengths=k_lengths,
-        implementation="xla",
-      )
+  `jaxdrop.dropout` applied to the ``(B, N, T, S)`` weights when `dropout_on`.
+
+  Written out rather than calling jax.nn without dropout: jax.nn's float16 logits ask CPU's
+  dot_general for a float32 result it refuses under `jit`, and its gradient promotes
+  implicitly, which a caller's strict promotion refuses."""
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
   groups = n // heads_k
@@ -522,16 +510,17 @@ def _xla_attention(
   allowed = _allowed(rows, columns, _grouped(mask, heads_k), is_causal, q_lengths, k_lengths)
   logits = jnp.where(allowed, logits, _LARGE_NEGATIVE.astype(logits.dtype))
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
-  weights = dropout(
-    dropout_key,
-    weights.reshape(b, n, t, s),
-    rate,
-    deterministic=deterministic,
-    broadcast_dims=broadcast_dims,
-    shard_spec=weights_spec,
-    autodiff="jvp",
-  )  # forward mode too, at the cost of "vjp" (measured)
-  out = jnp.einsum("bkgts,bskh->btkgh", weights.reshape(b, heads_k, groups, t, s), v)
+  if dropout_on:
+    weights = dropout(
+      dropout_key,
+      weights.reshape(b, n, t, s),
+      rate,
+      deterministic=deterministic,
+      broadcast_dims=broadcast_dims,
+      shard_spec=weights_spec,
+      autodiff="jvp",
+    ).reshape(b, heads_k, groups, t, s)  # forward mode too, at the cost of "vjp" (measured)
+  out = jnp.einsum("bkgts,bskh->btkgh", weights, v)
   return _zero_padded_rows(out.reshape(b, t, n, h), q_lengths)
 
 

@@ -127,8 +127,6 @@ def test_without_dropout_equals_jax_nn(kind, impl, heads_k):
     )
   )(q, k, v, jnp.bool_(True))
   _close(out, expected, rtol=1e-5, atol=1e-6)
-  if impl == "xla":
-    return  # without dropout "xla" is jax.nn.dot_product_attention itself
   ours = _grads(lambda *a, **o: _attend(*a, impl, **o), q, k, v, dict(options))
   theirs = _grads(lambda *a, **o: _jax_nn(*a, **o, implementation="xla"), q, k, v, dict(options))
   _close(ours, theirs, rtol=1e-4, atol=1e-5)
@@ -164,6 +162,29 @@ def test_half_precision_chunked_close_to_xla(dtype, tol):
     rtol=4 * tol,
     atol=4 * tol,
   )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("impl,rate", [("xla", 0.0), ("xla", 0.2), ("chunked", 0.2)])
+def test_half_precision_under_jit_and_strict_promotion(impl, rate, dtype):
+  # jax.nn's float16 logits under jit are refused by CPU's dot_general ('F16_F16_F32'), and
+  # its bfloat16 gradient promotes implicitly: jaxdrop's no-dropout path used to call it.
+  # (float32 runs under jit throughout this file, and under strict promotion in CI's strict run.)
+  q, k, v = _inputs(dtype=dtype)
+  options = _options("causal_mask", 2, 4, 19, 13)
+  attend = lambda q, k, v: jaxdrop.dot_product_attention(
+    q, k, v, **options, dropout_key=DROP_KEY, dropout_rate=rate, implementation=impl, **CHUNKS
+  )
+  loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32) ** 2)
+  with jax.numpy_dtype_promotion("strict"):
+    out = jax.jit(attend)(q, k, v)
+    grads = jax.jit(jax.grad(loss, (0, 1, 2)))(q, k, v)
+  assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+  # float32 computation of the same attention (same mask), rounded once at the end.
+  wide = [a.astype(jnp.float32) for a in (q, k, v)]
+  tol = {jnp.float16: 5e-3, jnp.bfloat16: 3e-2}[dtype]
+  _close(out, attend(*wide), rtol=tol, atol=tol)
+  _close(grads, jax.grad(loss, (0, 1, 2))(*wide), rtol=4 * tol, atol=4 * tol)
 
 
 def _revealed_weights(impl, rate, broadcast_dims=(), batched=True, **options):
