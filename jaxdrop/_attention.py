@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
 import jax
@@ -470,6 +470,25 @@ def _chunked_attention(
   return _zero_padded_rows(out[:, :t].reshape(b, t, n, h), q_lengths)
 
 
+def _partitioned_inside(fn: Callable[..., jax.Array], like: jax.Array) -> Callable[..., jax.Array]:
+  """`fn`, run with the explicit mesh axes of `like`'s mesh made auto (`jax.sharding.auto_axes`)
+  and its result given `like`'s sharding.
+
+  The chunked loops create accumulators that their bodies combine with blocks of sharded
+  inputs; on explicit axes each would need its type spelled out, or `lax.fori_loop` refuses
+  a carry that comes back sharded. Inside auto axes XLA's partitioner places them from the
+  inputs' shardings, as on an auto mesh: each device keeps its batch and head blocks and
+  draws only their part of the mask, with no collective where the inputs agree
+  (`tests/multidevice/test_attention_sharding.py`). Without a mesh or explicit axes `fn` runs
+  as it is.
+  """
+  sharding = jax.typeof(like).sharding
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or not mesh.explicit_axes:
+    return fn
+  return jax.sharding.auto_axes(fn, axes=mesh.explicit_axes, out_sharding=sharding)
+
+
 def _xla_attention(
   q: jax.Array,
   k: jax.Array,
@@ -776,7 +795,7 @@ def dot_product_attention(
         offsets = block_offsets[:2]  # the sequence axes are whole
       drop = (*params, offsets)
     try:
-      out = _chunked_attention(
+      out = _partitioned_inside(_chunked_attention, q)(
         q,
         k,
         v,

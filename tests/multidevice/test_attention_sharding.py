@@ -1,7 +1,8 @@
 """Attention dropout on arrays sharded over batch and heads: no collectives, the unsharded mask.
 
-Runs on 8 devices (see conftest.py), auto axis types: batch over "data" (4) and heads over
-"model" (2), the layout of data- and tensor-parallel transformers.
+Runs on 8 devices (see conftest.py), auto and explicit axis types (explicit is what
+`jax.make_mesh` builds by default): batch over "data" and heads over "model", the layout of
+data- and tensor-parallel transformers.
 """
 
 import re
@@ -19,6 +20,12 @@ COLLECTIVES = re.compile(r"all-gather|all-reduce|collective-permute|all-to-all|r
 KEY = jax.random.key(5)
 
 
+AXIS_TYPES = pytest.mark.parametrize(
+  "axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"]
+)
+
+
+@AXIS_TYPES
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
 @pytest.mark.parametrize(
   "spec,heads_k",
@@ -30,7 +37,7 @@ KEY = jax.random.key(5)
   ],
   ids=["batch", "batch-heads", "heads", "batch-heads-gqa-masks"],
 )
-def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, heads_k):
+def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, heads_k, axis_type):
   b, t, n, h = 8, 24, 8, 16
   q = jax.random.normal(jax.random.key(0), (b, t, n, h))
   k, v = (jax.random.normal(jax.random.key(i), (b, t, heads_k, h)) for i in (1, 2))
@@ -59,19 +66,27 @@ def test_sharded_attention_matches_unsharded_without_collectives(impl, spec, hea
 
   loss = lambda q, k, v, g: jnp.sum(g * attend(q, k, v))
   expected, expected_grads = attend(q, k, v), jax.grad(loss, (0, 1, 2))(q, k, v, cot)
-  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+  put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
+  args = tuple(map(put, (q, k, v)))
+  fwd, grad = jax.jit(attend), jax.jit(jax.grad(loss, (0, 1, 2)))
   with jax.set_mesh(mesh):
-    put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
-    args = tuple(map(put, (q, k, v)))
-    fwd, grad = jax.jit(attend), jax.jit(jax.grad(loss, (0, 1, 2)))
     for compiled in (fwd.lower(*args).compile(), grad.lower(*args, put(cot)).compile()):
-      found = COLLECTIVES.search(compiled.as_text())
+      hlo = compiled.as_text()
+      found = COLLECTIVES.search(hlo)
       assert not found, f"{found.group(0)} in the per-device program"
-    y, grads = fwd(*args), grad(*args, put(cot))
-  np.testing.assert_array_equal(y == 0, expected == 0)
-  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
-  for ours, ref in zip(grads, expected_grads):
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+      if impl == "chunked":  # each device draws only its part of each block's mask
+        assert not re.search(rf"u32\[{b},{n},8,8\]", hlo), "a whole-batch mask block"
+    results = [(fwd(*args), grad(*args, put(cot)))]
+  if axis_type == AxisType.Explicit:  # the arrays carry their mesh: no context needed
+    results.append((fwd(*args), grad(*args, put(cot))))
+  for y, grads in results:
+    assert y.sharding.is_equivalent_to(args[0].sharding, 4), (y.sharding, args[0].sharding)
+    np.testing.assert_array_equal(y == 0, expected == 0)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    for ours, ref, arg in zip(grads, expected_grads, args):
+      assert ours.sharding.is_equivalent_to(arg.sharding, 4)
+      np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "chunked"])

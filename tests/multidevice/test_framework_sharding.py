@@ -52,13 +52,21 @@ def test_output_keeps_the_sharding_and_the_unsharded_mask(mesh, module, function
   assert "float32[4@X,8]" in str(jax.typeof(jitted))
 
 
-def test_attention_fn_on_a_batch_sharded_input(mesh):
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_attention_fn_on_a_batch_sharded_input(mesh, implementation):
   q, k, v = jax.random.normal(jax.random.key(0), (3, 4, 6, 2, 8))
   key = jax.random.key(1)
-  expected = jdnnx.attention_fn(q, k, v, dropout_rng=key, dropout_rate=0.3)
-  shard = lambda a: jax.sharding.reshard(a, P("X", None, "Y", None))
-  out = jax.jit(lambda q, k, v: jdnnx.attention_fn(q, k, v, dropout_rng=key, dropout_rate=0.3))(
-    shard(q), shard(k), shard(v)
+  attend = functools.partial(
+    jdnnx.attention_fn,
+    dropout_rng=key,
+    dropout_rate=0.3,
+    implementation=implementation,
+    query_chunk_size=4,
+    key_chunk_size=4,
   )
+  expected = attend(q, k, v)
+  shard = lambda a: jax.sharding.reshard(a, P("X", None, "Y", None))
+  out = jax.jit(attend)(shard(q), shard(k), shard(v))
+  assert "float32[4@X,6,2@Y,8]" in str(jax.typeof(out))
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(expected) != np.asarray(jdnnx.attention_fn(q, k, v)))
