@@ -102,7 +102,16 @@ class MaskLayout(NamedTuple):
 
 def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
   """The layout of a mask of `shape` (x's shape with size-1 shared axes) drawn for `x`."""
-  sharding: Any = getattr(jax.typeof(x), "sharding", None)
+  shared = tuple(a for a in range(len(shape)) if shape[a] != x.shape[a])
+  return sharded_layout(shape, getattr(jax.typeof(x), "sharding", None), shared)
+
+
+def sharded_layout(
+  shape: tuple[int, ...], sharding: Any, shared: tuple[int, ...] = ()
+) -> MaskLayout:
+  """The layout of a mask of `shape` for an array sharded by `sharding` (None: unsharded),
+  the `shared` axes whole: only the explicit mesh axes are kept (auto axes are XLA's to
+  place)."""
   mesh = getattr(sharding, "mesh", None)
   if mesh is None or mesh.empty:
     return MaskLayout(shape)
@@ -118,7 +127,7 @@ def mask_layout(x: jax.Array, shape: tuple[int, ...]) -> MaskLayout:
     names = tuple(name for name in names if name in explicit)
     return None if not names else names[0] if len(names) == 1 else names
 
-  entries = tuple(explicit_only(spec[a], shape[a] != x.shape[a]) for a in range(len(shape)))
+  entries = tuple(explicit_only(spec[a], a in shared) for a in range(len(shape)))
   if all(entry is None for entry in entries):
     return MaskLayout(shape)
   return MaskLayout(shape, entries, mesh)
@@ -247,12 +256,24 @@ def _traced_threshold(rate: jax.Array, dtype: DTypeLike) -> Threshold:
   return Threshold(t, any_kept, *_realised(t, any_kept, dtype, jnp), (rate >= 0) & (rate <= 1))
 
 
-@functools.partial(jax.jit, static_argnames="shape")
-def _random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  return mask_bits(MaskSource(mask_words(key)), MaskLayout(shape))
+@functools.partial(jax.jit, static_argnames=("shape", "out_sharding"))
+def _random_bits(
+  key: jax.Array, shape: tuple[int, ...], out_sharding: NamedSharding | None
+) -> jax.Array:
+  bits = mask_bits(MaskSource(mask_words(key)), sharded_layout(shape, out_sharding))
+  if out_sharding is None:
+    return bits
+  # On explicit axes the layout already gave the bits their sharding (reshard types them
+  # so); auto axes are a constraint for XLA's partitioner.
+  named = {n for e in out_sharding.spec if e for n in (e if isinstance(e, tuple) else (e,))}
+  if named <= set(out_sharding.mesh.explicit_axes):
+    return jax.sharding.reshard(bits, out_sharding)
+  return jax.lax.with_sharding_constraint(bits, out_sharding)
 
 
-def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+def random_bits(
+  key: jax.Array, shape: Sequence[int], *, out_sharding: NamedSharding | P | None = None
+) -> jax.Array:
   r"""The uint32 random bits behind every jaxdrop mask and noise (mask stream version 2).
 
   For element :math:`(r, c)` of `shape`, :math:`r` the flat index of its row (every axis
@@ -283,6 +304,9 @@ def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
       (`jax.random.PRNGKey`); one key, not a batch.
     shape: the shape of the result, a sequence of non-negative ints; fewer than
       2**32 rows (the product of all axes but the last) and columns.
+    out_sharding: how to shard the result, as in `jax.random.bits`: a `NamedSharding`, or a
+      `PartitionSpec` of the mesh set by `jax.set_mesh`. On explicit mesh axes each device
+      draws only its own block; the bits are the same whatever the sharding.
 
   Returns:
     A ``uint32`` array of `shape`.
@@ -300,7 +324,8 @@ def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     (Threefry); C. Wellons, "Prospecting for hash functions" (2018) (lowbias32).
   """
   key = as_typed_key(key, name="key", wrap=False)
-  return _random_bits(key, check.shape(shape, "shape"))
+  shape = check.shape(shape, "shape")
+  return _random_bits(key, shape, check.out_sharding(out_sharding, len(shape), "out_sharding"))
 
 
 def drop_threshold(rate: ArrayLike, dtype: DTypeLike = jnp.float32) -> Threshold:

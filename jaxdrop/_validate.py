@@ -185,3 +185,30 @@ def partition_spec(
   if len(value) > ndim:
     raise ValueError(f"{name} has {len(value)} entries, more than the {ndim} axes of x: {value!r}")
   return value
+
+
+def out_sharding(
+  value: jax.sharding.NamedSharding | jax.sharding.PartitionSpec | None, ndim: int, name: str
+) -> jax.sharding.NamedSharding | None:
+  """None, or a `NamedSharding` for a result of `ndim` axes (a `PartitionSpec` is taken on
+  the mesh set by `jax.set_mesh`)."""
+  if value is None:
+    return None
+  if isinstance(value, jax.sharding.PartitionSpec):
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      raise ValueError(
+        f"{name}={value!r} is a PartitionSpec, which needs a mesh: call inside "
+        "`with jax.set_mesh(mesh):` or pass a jax.sharding.NamedSharding"
+      )
+    value = jax.sharding.NamedSharding(mesh, value)
+  if not isinstance(value, jax.sharding.NamedSharding):
+    raise TypeError(
+      f"{name} must be a jax.sharding.NamedSharding, a PartitionSpec or None, got {value!r}"
+    )
+  if len(value.spec) > ndim:
+    raise ValueError(
+      f"{name} has {len(value.spec)} entries, more than the {ndim} axes of the result: "
+      f"{value.spec!r}"
+    )
+  return value

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import jaxdrop
 
@@ -194,3 +195,16 @@ def test_float8_inputs_are_rejected_not_turned_into_nan(dtype):
   x = jnp.full(64, 104.0, jnp.float32).astype(getattr(jnp, dtype))
   with pytest.raises(TypeError, match=f"x must have a floating dtype .*got dtype {dtype}"):
     jaxdrop.dropout(KEY, x, 0.8)
+
+
+def test_random_bits_out_sharding():
+  mesh = jax.make_mesh((1,), ("d",))
+  bits = jaxdrop.random_bits(KEY, (4, 6))
+  sharded = jaxdrop.random_bits(KEY, (4, 6), out_sharding=jax.NamedSharding(mesh, P("d")))
+  np.testing.assert_array_equal(sharded, bits)  # the same bits, sharded (tests/multidevice)
+  with pytest.raises(ValueError, match=r"out_sharding=P\('d',\) is a PartitionSpec, which needs a"):
+    jaxdrop.random_bits(KEY, (4, 6), out_sharding=P("d"))
+  with pytest.raises(ValueError, match="out_sharding has 3 entries, more than the 2 axes"):
+    jaxdrop.random_bits(KEY, (4, 6), out_sharding=jax.NamedSharding(mesh, P("d", None, None)))
+  with pytest.raises(TypeError, match="out_sharding must be a jax.sharding.NamedSharding"):
+    jaxdrop.random_bits(KEY, (4, 6), out_sharding="d")
