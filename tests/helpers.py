@@ -2,6 +2,7 @@
 
 from fractions import Fraction
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,6 +18,30 @@ MEMBERS = {
   "drop_path": jaxdrop.drop_path,
   "drop_block": lambda k, x, r, **kw: jaxdrop.drop_block(k, x, r, 3, **kw),
   "drop_connect": jaxdrop.drop_connect,
+}
+
+
+# Every member that takes a sharded array, as f(key, x, rate) on NHWC arrays: MEMBERS, plus the
+# options and members whose sharding differs (a shared axis, the branch of stochastic depth).
+SHARDED_MEMBERS = {
+  **MEMBERS,
+  "dropout shared over a sharded axis": lambda k, x, r: jaxdrop.dropout(
+    k, x, r, broadcast_dims=(0, 3)
+  ),
+  "alpha_dropout shared over a sharded axis": lambda k, x, r: jaxdrop.alpha_dropout(
+    k, x, r, broadcast_dims=(0, 3)
+  ),
+  "drop_path unscaled": lambda k, x, r: jaxdrop.drop_path(k, x, r, scale_by_keep=False),
+  "gaussian_noise": jaxdrop.gaussian_noise,  # the rate serves as stddev
+  "stochastic_depth, dropped": lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.sin, x),
+  # jax.random.key(3) keeps the branch with this fold_in (tests/multidevice/test_sharding.py).
+  "stochastic_depth, kept": lambda k, x, r: jaxdrop.stochastic_depth(
+    jax.random.fold_in(k, 0), r, jnp.sin, x
+  ),
+  "drop_block coupled, with noise": lambda k, x, r: jaxdrop.drop_block(
+    k, x, r, 3, couple_channels=True, with_noise=True
+  ),
+  "zoneout": lambda k, x, r, **kw: jaxdrop.zoneout(k, -2 * x, x, r, **kw),
 }
 
 

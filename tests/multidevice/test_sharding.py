@@ -20,23 +20,7 @@ COLLECTIVES = re.compile(r"all-gather|all-reduce|collective-permute|all-to-all|r
 SHAPE = (32, 4, 4, 64)  # NHWC: batch 32, 4 x 4 maps, 64 channels
 KEY = jax.random.key(3)
 
-MEMBERS = dict(helpers.MEMBERS)
-MEMBERS["dropout shared over a sharded axis"] = lambda k, x, r: jaxdrop.dropout(
-  k, x, r, broadcast_dims=(0, 3)
-)
-MEMBERS["alpha_dropout shared over a sharded axis"] = lambda k, x, r: jaxdrop.alpha_dropout(
-  k, x, r, broadcast_dims=(0, 3)
-)
-MEMBERS["drop_path unscaled"] = lambda k, x, r: jaxdrop.drop_path(k, x, r, scale_by_keep=False)
-MEMBERS["gaussian_noise"] = jaxdrop.gaussian_noise  # the rate serves as stddev
-MEMBERS["stochastic_depth, dropped"] = lambda k, x, r: jaxdrop.stochastic_depth(k, r, jnp.sin, x)
-MEMBERS["stochastic_depth, kept"] = lambda k, x, r: jaxdrop.stochastic_depth(  # KEY keeps it
-  jax.random.fold_in(k, 0), r, jnp.sin, x
-)
-MEMBERS["drop_block coupled, with noise"] = lambda k, x, r: jaxdrop.drop_block(
-  k, x, r, 3, couple_channels=True, with_noise=True
-)
-MEMBERS["zoneout"] = lambda k, x, r, **kw: jaxdrop.zoneout(k, -2 * x, x, r, **kw)
+MEMBERS = helpers.SHARDED_MEMBERS
 
 MESHES = {
   "1d": ((8,), ("d",), [P("d"), P(None, None, None, "d")]),
@@ -190,3 +174,34 @@ def test_shard_spec_outside_shard_map_is_a_clear_error():
     ValueError, match="names mesh axis 'd', which is not an axis of an enclosing shard_map"
   ):
     jaxdrop.dropout(KEY, jnp.ones(SHAPE), 0.3, shard_spec=P("d"))
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_the_mask_is_the_same_on_1_2_4_and_8_devices(axis_type):
+  # JAX users report random values that change with the number of shards (jax#40232,
+  # jax#21232); jaxdrop's bits are a function of the key and the global index alone. The
+  # same holds across two processes: tests/multiprocess.
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  draws = {
+    "dropout": lambda k, x: jaxdrop.dropout(k, x, 0.3),
+    "gaussian_dropout": lambda k, x: jaxdrop.gaussian_dropout(k, x, 0.3),
+    "random_bits": lambda k, x: jaxdrop.random_bits(k, SHAPE, out_sharding=jax.typeof(x).sharding),
+  }
+  layouts = [((1,), P("a")), ((2,), P("a")), ((4,), P(None, None, None, "a")), ((8,), P("a"))]
+  layouts += [((2, 4), P("a", None, None, "b")), ((4, 2), P(("b", "a")))]
+  results = []
+  for shape, spec in layouts:
+    names = ("a", "b")[: len(shape)]
+    mesh = jax.make_mesh(
+      shape, names, axis_types=(axis_type,) * len(shape), devices=jax.devices()[: np.prod(shape)]
+    )
+    with jax.set_mesh(mesh):
+      xs = jax.device_put(x, NamedSharding(mesh, spec))
+      out = jax.jit(lambda k, x: {name: f(k, x) for name, f in draws.items()})(KEY, xs)
+    assert out["dropout"].sharding.is_equivalent_to(xs.sharding, x.ndim), (shape, spec)
+    results.append(jax.device_get(out))
+  for (shape, spec), result in zip(layouts[1:], results[1:]):
+    for name in draws:
+      np.testing.assert_array_equal(
+        result[name], results[0][name], err_msg=f"{name} {shape} {spec}"
+      )
