@@ -61,10 +61,26 @@ def _rate_value(rate: ArrayLike | nnx.Variable) -> tuple[ArrayLike, float | None
   return rate, check.probability(rate, "rate")
 
 
-def _own_stream(rngs: nnx.Rngs | nnx.RngStream | None, collection: str) -> nnx.RngStream | None:
+def _stream(rngs: nnx.Rngs, collection: str, owner: str) -> nnx.RngStream:
+  """The stream `collection` of `rngs` (its "default" stream if it has one), or an error
+  naming the stream and how to add it (Flax raises a bare KeyError)."""
+  try:
+    return rngs[collection]
+  except KeyError as err:
+    streams = ", ".join(repr(name) for name, _ in rngs.items()) or "none"
+    raise ValueError(
+      f"{owner} draws its keys from the nnx.Rngs stream {collection!r}, which this nnx.Rngs "
+      f"does not have (its streams: {streams}): add it, e.g. "
+      f"nnx.Rngs(params=0, {collection}=1), or name one of its streams with rng_collection="
+    ) from err
+
+
+def _own_stream(
+  rngs: nnx.Rngs | nnx.RngStream | None, collection: str, owner: str
+) -> nnx.RngStream | None:
   """The stream a member keeps from its constructor's `rngs`: a fork, as Flax's layers keep."""
   if isinstance(rngs, nnx.Rngs):
-    return rngs[collection].fork()
+    return _stream(rngs, collection, owner).fork()
   if isinstance(rngs, nnx.RngStream):
     return rngs.fork()
   if rngs is None:
@@ -106,10 +122,12 @@ def _run(
     raise ValueError(
       f"`deterministic` is False, but no `rngs` argument was provided to {name} "
       "as either a __call__ argument or class attribute: construct it with "
-      "rngs=nnx.Rngs(...) or call it with rngs="
+      f"rngs=nnx.Rngs(params=0, {module.rng_collection}=1), call it with "
+      f"rngs=nnx.Rngs({module.rng_collection}=1), or switch it off with "
+      "model.eval() / deterministic=True"
     )
   if isinstance(rngs, nnx.Rngs):
-    key = rngs[module.rng_collection]()
+    key = _stream(rngs, module.rng_collection, name)()
   elif isinstance(rngs, nnx.RngStream):
     key = rngs()
   elif isinstance(rngs, jax.Array):
@@ -160,6 +178,8 @@ class Dropout(nnx.Dropout):
     rngs: nnx.Rngs | nnx.RngStream | None = None,
   ) -> None:
     _rate_value(rate)
+    if isinstance(rngs, nnx.Rngs):
+      _stream(rngs, rng_collection, type(self).__name__)  # Flax's own check is a bare KeyError
     super().__init__(
       rate,
       broadcast_dims=broadcast_dims,
@@ -196,7 +216,7 @@ class _Member(nnx.Module):
     self.rate = rate
     self.deterministic = deterministic
     self.rng_collection = rng_collection
-    self.rngs = _own_stream(rngs, rng_collection)
+    self.rngs = _own_stream(rngs, rng_collection, type(self).__name__)
 
   def set_view(self, deterministic: bool | None = None) -> None:
     """Called by ``nnx.view`` to set the mode of a view of the model.

@@ -14,6 +14,7 @@ the family members, and a rate held as state that changes without a retrace.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,24 @@ def test_deterministic_overrides(switch):
   assert not np.array_equal(dropped, x)
   with pytest.raises(ValueError, match=NO_RNGS):
     mode(False)(x)
+
+
+def test_missing_rngs_or_stream_errors_say_how_to_give_one():
+  x = jnp.ones((2, 4))
+  with pytest.raises(ValueError, match=re.escape("rngs=nnx.Rngs(params=0, dropout=1)")) as info:
+    jdnnx.Dropout(0.5)(x)
+  assert info.value.args[0].endswith("deterministic=True"), info.value  # a whole sentence
+  # An nnx.Rngs without the module's stream: Flax raises a bare KeyError.
+  stream = re.escape("stream 'noise', which this nnx.Rngs does not have (its streams: 'params')")
+  for make in (
+    lambda: jdnnx.Dropout(0.5, rng_collection="noise", rngs=nnx.Rngs(params=0)),
+    lambda: jdnnx.DropPath(0.5, rng_collection="noise", rngs=nnx.Rngs(params=0)),
+    lambda: jdnnx.Dropout(0.5, rng_collection="noise")(x, rngs=nnx.Rngs(params=0)),
+  ):
+    with pytest.raises(ValueError, match=stream + ".*" + re.escape("nnx.Rngs(params=0, noise=1)")):
+      make()
+  # A "default" stream serves any collection, as in Flax.
+  assert jdnnx.Dropout(0.5, rngs=nnx.Rngs(0))(x).shape == x.shape
 
 
 # --- tests/nnx/module_test.py -----------------------------------------------------------------
