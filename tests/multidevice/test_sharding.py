@@ -205,3 +205,23 @@ def test_the_mask_is_the_same_on_1_2_4_and_8_devices(axis_type):
       np.testing.assert_array_equal(
         result[name], results[0][name], err_msg=f"{name} {shape} {spec}"
       )
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_mc_dropout_and_locked_masks_on_sharded_input(axis_type):
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  mask = jaxdrop.make_mask(KEY, (SHAPE[0], 1, 1, SHAPE[3]), 0.3)  # one mask per example map
+
+  def both(x):
+    mc = jaxdrop.mc_dropout(lambda k, x: jaxdrop.dropout(k, x, 0.3), KEY, 4, x, chunk_size=2)
+    return mc.mean, mc.variance, jaxdrop.apply_mask(mask, x)
+
+  expected = both(x)
+  mesh = _mesh("2d", axis_type)
+  spec = P("data", None, None, "model")
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, spec))
+    result = jax.jit(both)(xs)
+  for ours, ref in zip(result, expected):
+    assert ours.sharding.is_equivalent_to(xs.sharding, x.ndim)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
