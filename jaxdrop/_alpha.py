@@ -48,7 +48,10 @@ def alpha_dropout(
   Args:
     key: a PRNG key, as for `dropout`.
     x: a floating array.
-    rate: the probability of DROPPING each unit, in [0, 1]; may be traced.
+    rate: the probability of DROPPING each unit, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
     broadcast_dims: axes along which one mask value is shared, as for `dropout` (Keras'
       ``AlphaDropout(noise_shape=...)`` with 1 on those axes).
@@ -111,7 +114,10 @@ def feature_alpha_dropout(
   Args:
     key: a PRNG key, as for `dropout`.
     x: a floating array with a batch axis (unless ``batch_axis=None``) and a channel axis.
-    rate: the probability of DROPPING each feature map, in [0, 1]; may be traced.
+    rate: the probability of DROPPING each feature map, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     channel_axis, batch_axis: as for `channel_dropout`.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
     recompute, autodiff, shard_spec: as for `dropout`.

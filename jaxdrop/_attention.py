@@ -648,7 +648,10 @@ def dot_product_attention(
     bias: added to the logits; broadcastable to ``(B, N, T, S)`` (``(N, T, S)`` unbatched).
     mask: boolean, True where a query may attend a key; broadcastable like `bias`.
     dropout_key: a PRNG key, needed unless `deterministic` is True or the rate a concrete 0.
-    dropout_rate: the probability of dropping each weight, in [0, 1]; may be traced.
+    dropout_rate: the probability of dropping each weight, in [0, 1]; may be traced. Under `jit` a
+      dropout_rate outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN,
+      and with ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where its
+      check raises a ValueError naming it.
     deterministic: if True, no dropout; may be a traced boolean.
     broadcast_dims: axes of the ``(B, N, T, S)`` weights (of ``(N, T, S)`` unbatched) that
       share one mask: ``(0, 1)`` for one mask over batch and heads (Flax's

@@ -222,8 +222,10 @@ def drop_block(
   Args:
     key: a PRNG key, as for `dropout`.
     x: a floating array, NHWC by default.
-    rate: the expected fraction of units to drop, in [0, 1]; may be traced. Rate 1
-      drops every unit.
+    rate: the expected fraction of units to drop, in [0, 1]; may be traced. Rate 1 drops every unit.
+      Under `jit` a rate outside [0, 1] or NaN cannot raise: while training it makes the whole
+      output NaN, and with ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call
+      eagerly, where the check raises a ValueError naming the rate.
     block_size: the block's side, at least 1 and at most every spatial size.
     spatial_axes: the axes the blocks span (default (1, 2); (2, 3) for NCHW).
     couple_channels: share one spatial mask by every channel of an example (every axis but

@@ -71,7 +71,10 @@ def stochastic_depth(
 
   Args:
     key: a PRNG key, as for `dropout`.
-    rate: the probability of DROPPING the branch, in [0, 1]; may be traced.
+    rate: the probability of DROPPING the branch, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     branch: the residual branch, called as ``branch(x, *args)``; for ``mode="batch"`` it may
       return any pytree of floating arrays.
     x: the branch's first argument (the residual stream).

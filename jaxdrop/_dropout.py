@@ -280,7 +280,11 @@ def dropout(
     x: a floating array of any shape; the output has its shape and dtype.
     rate: the probability of DROPPING each unit, a number in [0, 1] or a traced
       scalar (a new value does not retrace a jitted caller). The keep
-      probability p of the classic formulation is ``1 - rate``.
+      probability p of the classic formulation is ``1 - rate``. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output
+      NaN (never a silently wrong mask), and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly,
+      where the check raises a ValueError naming the rate.
     deterministic: if True, no unit is dropped (evaluation). A Python bool, or
       a traced boolean scalar chosen at run time.
     broadcast_dims: axes along which one mask value is shared, as in Flax

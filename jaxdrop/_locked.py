@@ -65,7 +65,10 @@ def make_mask(
   Args:
     key: a PRNG key, as for `dropout`.
     shape: the mask's shape: the rank of what it is applied to, size 1 where shared.
-    rate: the probability of DROPPING each unit, in [0, 1]; may be traced.
+    rate: the probability of DROPPING each unit, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: it makes the mask's scale NaN, so every output the
+      mask is applied to is NaN, and with ``jax.config.update("jax_debug_nans", True)`` JAX
+      reruns the call eagerly, where the check raises a ValueError naming the rate.
     inverted: scale kept units by 1/(1 - rate) (True) or not at all (False).
 
   Returns:

@@ -108,7 +108,10 @@ def gaussian_dropout(
   Args:
     key: a PRNG key, as for `dropout`.
     x: a floating array.
-    rate: in [0, 1]; the noise variance is rate / (1 - rate). May be traced.
+    rate: in [0, 1]; the noise variance is rate / (1 - rate). May be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
     recompute: True keeps only the key for the backward pass; False keeps the
       noise (4 bytes per element).
@@ -193,7 +196,8 @@ def gaussian_noise(
     x: a floating array; the sum is computed in float32 (float64 for float64 input) and
       cast back once.
     stddev: the noise's standard deviation :math:`\sigma \ge 0`; may be traced (a traced
-      value below 0 or NaN makes the output NaN).
+      value below 0 or NaN makes the output NaN; with ``jax.config.update("jax_debug_nans",
+      True)`` JAX reruns the call eagerly, where the check raises a ValueError naming it).
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
     shard_spec: as for `dropout`.
 

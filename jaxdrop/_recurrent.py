@@ -158,8 +158,10 @@ def zoneout(
     key: a PRNG key, as for `dropout`.
     h_prev: the previous state, a floating array.
     h_new: the cell's new state, the shape and dtype of `h_prev`.
-    rate: the probability that a unit KEEPS ITS PREVIOUS value (is zoned out), in [0, 1];
-      may be traced.
+    rate: the probability that a unit KEEPS ITS PREVIOUS value (is zoned out), in [0, 1]; may be
+      traced. Under `jit` a rate outside [0, 1] or NaN cannot raise: while training it makes the
+      whole output NaN, and with ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call
+      eagerly, where the check raises a ValueError naming the rate.
     deterministic: if True, returns the expectation above; may be a traced boolean.
     recompute: True (the default) keeps only the key for the backward pass; False keeps the
       two masks, 2 bytes per element.

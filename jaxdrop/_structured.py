@@ -101,7 +101,10 @@ def channel_dropout(
   Args:
     key: a PRNG key, as for `dropout`.
     x: a floating array with a batch axis (unless ``batch_axis=None``) and a channel axis.
-    rate: the probability of DROPPING each feature map, in [0, 1]; may be traced.
+    rate: the probability of DROPPING each feature map, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     channel_axis: the channel axis (default -1, channels last).
     batch_axis: the batch axis (default 0), or None for an unbatched input.
     deterministic: if True, returns `x` unchanged; may be a traced boolean.
@@ -168,7 +171,10 @@ def drop_path(
   Args:
     key: a PRNG key, as for `dropout`.
     x: the residual branch's output, a floating array with a batch axis.
-    rate: the probability of DROPPING the branch, in [0, 1]; may be traced.
+    rate: the probability of DROPPING the branch, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     batch_axis: the batch axis (default 0); ignored for ``mode="batch"``.
     mode: ``"row"`` (one decision per example) or ``"batch"`` (one for all).
     scale_by_keep: scale survivors by 1/keep (True, the default) or not (False); either way

@@ -40,7 +40,10 @@ def drop_connect(
   Args:
     key: a PRNG key, as for `dropout`.
     params: a floating array or a pytree of floating arrays.
-    rate: the probability of DROPPING each weight, in [0, 1]; may be traced.
+    rate: the probability of DROPPING each weight, in [0, 1]; may be traced. Under `jit` a rate
+      outside [0, 1] or NaN cannot raise: while training it makes the whole output NaN, and with
+      ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call eagerly, where the check
+      raises a ValueError naming the rate.
     deterministic: if True, returns `params` unchanged; may be a traced boolean.
     recompute, autodiff: as for `dropout`.
 

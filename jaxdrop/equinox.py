@@ -75,9 +75,11 @@ def _run(
 class Dropout(eqx.nn.Dropout):
   """``eqx.nn.Dropout`` with jaxdrop's mask: same fields, same call, same ``inference_mode``.
 
-  ``Dropout(p=0.5, inference=False)``: `p` is the probability of DROPPING each unit.
-  Calling it with ``(x, *, key=None, inference=None)`` returns ``jaxdrop.dropout(key, x, p)``
-  unless `inference` (the call's, else the field's) is True.
+  ``Dropout(p=0.5, inference=False)``: `p` is the probability of DROPPING each unit (an
+  array `p` may be traced; a traced value outside [0, 1] makes the output NaN:
+  `jaxdrop.dropout` says how to find it). Calling it with
+  ``(x, *, key=None, inference=None)`` returns ``jaxdrop.dropout(key, x, p)`` unless
+  `inference` (the call's, else the field's) is True.
 
   Examples:
     >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox

@@ -49,8 +49,9 @@ def dropout(
 ) -> jax.Array:
   """``hk.dropout(rng, rate, x, broadcast_dims)`` as `jaxdrop.dropout`.
 
-  `rate` is the probability of DROPPING each unit, in [0, 1], and may be traced; kept units
-  are scaled by ``1 / (1 - rate)``; `broadcast_dims` share one mask value.
+  `rate` is the probability of DROPPING each unit, in [0, 1], and may be traced (a traced
+  value outside [0, 1] makes the output NaN: `jaxdrop.dropout` says how to find it); kept
+  units are scaled by ``1 / (1 - rate)``; `broadcast_dims` share one mask value.
 
   Examples:
     >>> import jax, jax.numpy as jnp, haiku as hk, jaxdrop.haiku

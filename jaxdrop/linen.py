@@ -80,7 +80,8 @@ class Dropout(nn.Dropout):
   """``nn.Dropout`` with jaxdrop's mask: same attributes, same call, same ``make_rng`` keys.
 
   Attributes:
-    rate: the probability of DROPPING each unit, in [0, 1] (may be traced).
+    rate: the probability of DROPPING each unit, in [0, 1] (may be traced; a traced value
+      outside [0, 1] makes the output NaN: `jaxdrop.dropout` says how to find it).
     broadcast_dims: axes that share one mask value.
     deterministic: True for no dropout; or None to pass it at call time.
     rng_collection: the collection keys are made from (default ``"dropout"``).

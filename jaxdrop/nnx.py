@@ -144,7 +144,8 @@ class Dropout(nnx.Dropout):
 
   Args:
     rate: the probability of DROPPING each unit, in [0, 1]; a float, or an array or
-      ``nnx.Variable`` to change it without retracing.
+      ``nnx.Variable`` to change it without retracing (a traced value outside [0, 1] makes the
+      output NaN: `jaxdrop.dropout` says how to find it).
     broadcast_dims: axes that share one mask value.
     deterministic: True for no dropout; ``model.eval()`` / ``model.train()`` set it.
     rng_collection: the ``nnx.Rngs`` stream keys are drawn from (default ``"dropout"``).

@@ -27,11 +27,17 @@ def test_no_nan_or_inf_is_built_on_valid_input_op_by_op(name, check):
         assert bool(jnp.all(jnp.isfinite(y)))
 
 
-def test_debug_nans_still_fires_on_an_invalid_traced_rate():
-  # The NaN output makes JAX rerun the call op by op, where the rate is concrete and the
-  # argument check names it.
+@pytest.mark.parametrize("name", [*MEMBERS, "dot_product_attention"])
+def test_debug_nans_still_fires_on_an_invalid_traced_rate(name):
+  # What every rate's docstring promises: the NaN output makes JAX rerun the call op by op,
+  # where the rate is concrete and the argument check names it.
+  f = MEMBERS.get(name) or (
+    lambda k, x, r: jaxdrop.dot_product_attention(
+      x, x, x, dropout_key=k, dropout_rate=r, implementation="chunked"
+    )
+  )
   with jax.debug_nans(True), pytest.raises(ValueError, match=r"rate must be in \[0, 1\].*got 1.5"):
-    jax.jit(lambda r: jaxdrop.dropout(KEY, X, r))(1.5)
+    jax.jit(lambda r: f(KEY, X, r))(1.5)
 
 
 @pytest.mark.parametrize("name", [n for n in MEMBERS])
