@@ -4,6 +4,7 @@ With JAXDROP_STRICT_PROMOTION=1 the suite also runs under jax_numpy_dtype_promot
 (a step of .ci/run), so no implicit dtype promotion hides in the library either.
 """
 
+import collections
 import os
 
 import jax
@@ -30,3 +31,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def key():
   return jax.random.key(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+  # Why tests were skipped, one line per reason: the plain run skips the multi-device,
+  # two-process and battery tests, which CI runs in steps of their own.
+  reasons = collections.Counter()
+  for report in terminalreporter.stats.get("skipped", []):
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reasons[reason.removeprefix("Skipped: ")] += 1
+  for reason, count in reasons.most_common():
+    terminalreporter.write_line(f"skipped {count}: {reason}")
