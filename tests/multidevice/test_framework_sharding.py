@@ -1,4 +1,4 @@
-"""The NNX drop-ins on explicitly sharded arrays.
+"""The drop-ins on sharded arrays: NNX on explicit axes, Linen, Equinox and Haiku on both kinds.
 
 Ported (rewritten, run against ``jaxdrop.nnx.Dropout``) from Flax's
 google/flax tests/nnx/spmd_test.py::test_out_sharding_dropout: on a mesh with explicit axes
@@ -70,3 +70,32 @@ def test_attention_fn_on_a_batch_sharded_input(mesh, implementation):
   assert "float32[4@X,6,2@Y,8]" in str(jax.typeof(out))
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(expected) != np.asarray(jdnnx.attention_fn(q, k, v)))
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_linen_equinox_and_haiku_dropout_on_sharded_input(axis_type):
+  import haiku as hk
+
+  import jaxdrop.equinox
+  import jaxdrop.haiku
+  import jaxdrop.linen
+
+  x = jnp.arange(1, 33, dtype=jnp.float32).reshape(4, 8)
+  key = jax.random.key(0)
+  linen = jaxdrop.linen.Dropout(0.5, deterministic=False)
+  haiku = hk.transform(lambda x: jaxdrop.haiku.dropout(hk.next_rng_key(), 0.5, x))
+  layers = {
+    "linen": lambda x: linen.apply({}, x, rngs={"dropout": key}),
+    "equinox": lambda x: jaxdrop.equinox.Dropout(0.5)(x, key=key),
+    "haiku": lambda x: haiku.apply({}, key, x),
+  }
+  unsharded = {name: layer(x) for name, layer in layers.items()}
+  mesh = jax.make_mesh((2, 2), ("X", "Y"), axis_types=(axis_type,) * 2)
+  with jax.set_mesh(mesh):
+    sharded = jax.device_put(x, jax.NamedSharding(mesh, P("X", "Y")))
+    for name, layer in layers.items():
+      y = jax.jit(layer)(sharded)
+      assert y.sharding.is_equivalent_to(sharded.sharding, 2), name
+      np.testing.assert_array_equal(y, unsharded[name], err_msg=name)
+  # Equinox passes its key on as it is (Linen and Haiku derive theirs): the functional mask.
+  np.testing.assert_array_equal(unsharded["equinox"], jaxdrop.dropout(key, x, 0.5))
