@@ -264,9 +264,8 @@ def _random_bits(
   if out_sharding is None:
     return bits
   # On explicit axes the layout already gave the bits their sharding (reshard types them
-  # so); auto axes are a constraint for XLA's partitioner.
-  named = {n for e in out_sharding.spec if e for n in (e if isinstance(e, tuple) else (e,))}
-  if named <= set(out_sharding.mesh.explicit_axes):
+  # so); auto axes are a constraint for XLA's partitioner (check.out_sharding: not both).
+  if check.mesh_axes(out_sharding.spec) & set(out_sharding.mesh.explicit_axes):
     return jax.sharding.reshard(bits, out_sharding)
   return jax.lax.with_sharding_constraint(bits, out_sharding)
 
@@ -305,8 +304,10 @@ def random_bits(
     shape: the shape of the result, a sequence of non-negative ints; fewer than
       2**32 rows (the product of all axes but the last) and columns.
     out_sharding: how to shard the result, as in `jax.random.bits`: a `NamedSharding`, or a
-      `PartitionSpec` of the mesh set by `jax.set_mesh`. On explicit mesh axes each device
-      draws only its own block; the bits are the same whatever the sharding.
+      `PartitionSpec` of the mesh set by `jax.set_mesh`, over explicit or over auto mesh
+      axes (not both). On explicit axes each device draws only its own block (call it inside
+      ``jax.set_mesh``, as JAX asks for any explicitly sharded computation); the bits are the
+      same whatever the sharding.
 
   Returns:
     A ``uint32`` array of `shape`.

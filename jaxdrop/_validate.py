@@ -211,4 +211,24 @@ def out_sharding(
       f"{name} has {len(value.spec)} entries, more than the {ndim} axes of the result: "
       f"{value.spec!r}"
     )
+  if any(entry is not None and not isinstance(entry, (str, tuple)) for entry in value.spec):
+    raise ValueError(f"{name}'s entries must be mesh axis names or None, got {value.spec!r}")
+  named = mesh_axes(value.spec)
+  explicit = named & set(value.mesh.explicit_axes)
+  if explicit and explicit != named:
+    raise ValueError(
+      f"{name}={value.spec!r} names explicit mesh axes ({', '.join(sorted(explicit))}) and "
+      f"others ({', '.join(sorted(named - explicit))}): use axes of one kind"
+    )
   return value
+
+
+def mesh_axes(spec: jax.sharding.PartitionSpec) -> set[str]:
+  """The mesh axis names a `PartitionSpec` uses."""
+  names: set[str] = set()
+  for entry in spec:
+    if isinstance(entry, str):
+      names.add(entry)
+    elif isinstance(entry, tuple):
+      names.update(entry)
+  return names

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 import jaxdrop
@@ -208,3 +209,8 @@ def test_random_bits_out_sharding():
     jaxdrop.random_bits(KEY, (4, 6), out_sharding=jax.NamedSharding(mesh, P("d", None, None)))
   with pytest.raises(TypeError, match="out_sharding must be a jax.sharding.NamedSharding"):
     jaxdrop.random_bits(KEY, (4, 6), out_sharding="d")
+  mixed = jax.make_mesh((1, 1), ("e", "a"), axis_types=(AxisType.Explicit, AxisType.Auto))
+  with pytest.raises(ValueError, match=r"names explicit mesh axes \(e\) and others \(a\)"):
+    jaxdrop.random_bits(KEY, (4, 6), out_sharding=jax.NamedSharding(mixed, P("e", "a")))
+  with pytest.raises(ValueError, match="entries must be mesh axis names or None"):
+    jaxdrop.random_bits(KEY, (4, 6), out_sharding=jax.NamedSharding(mixed, P(P.UNCONSTRAINED)))

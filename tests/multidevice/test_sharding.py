@@ -183,9 +183,9 @@ def test_the_mask_is_the_same_on_1_2_4_and_8_devices(axis_type):
   # same holds across two processes: tests/multiprocess.
   x = jax.random.normal(jax.random.key(1), SHAPE)
   draws = {
-    "dropout": lambda k, x: jaxdrop.dropout(k, x, 0.3),
-    "gaussian_dropout": lambda k, x: jaxdrop.gaussian_dropout(k, x, 0.3),
-    "random_bits": lambda k, x: jaxdrop.random_bits(k, SHAPE, out_sharding=jax.typeof(x).sharding),
+    "dropout": lambda k, x, sharding: jaxdrop.dropout(k, x, 0.3),
+    "gaussian_dropout": lambda k, x, sharding: jaxdrop.gaussian_dropout(k, x, 0.3),
+    "random_bits": lambda k, x, sharding: jaxdrop.random_bits(k, SHAPE, out_sharding=sharding),
   }
   layouts = [((1,), P("a")), ((2,), P("a")), ((4,), P(None, None, None, "a")), ((8,), P("a"))]
   layouts += [((2, 4), P("a", None, None, "b")), ((4, 2), P(("b", "a")))]
@@ -195,10 +195,12 @@ def test_the_mask_is_the_same_on_1_2_4_and_8_devices(axis_type):
     mesh = jax.make_mesh(
       shape, names, axis_types=(axis_type,) * len(shape), devices=jax.devices()[: np.prod(shape)]
     )
+    sharding = NamedSharding(mesh, spec)
     with jax.set_mesh(mesh):
-      xs = jax.device_put(x, NamedSharding(mesh, spec))
-      out = jax.jit(lambda k, x: {name: f(k, x) for name, f in draws.items()})(KEY, xs)
-    assert out["dropout"].sharding.is_equivalent_to(xs.sharding, x.ndim), (shape, spec)
+      xs = jax.device_put(x, sharding)
+      out = jax.jit(lambda k, x: {name: f(k, x, sharding) for name, f in draws.items()})(KEY, xs)
+    for name in draws:
+      assert out[name].sharding.is_equivalent_to(sharding, x.ndim), (name, shape, spec)
     results.append(jax.device_get(out))
   for (shape, spec), result in zip(layouts[1:], results[1:]):
     for name in draws:
@@ -225,3 +227,17 @@ def test_mc_dropout_and_locked_masks_on_sharded_input(axis_type):
   for ours, ref in zip(result, expected):
     assert ours.sharding.is_equivalent_to(xs.sharding, x.ndim)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_random_bits_out_sharding_draws_per_device(axis_type):
+  mesh = _mesh("2d", axis_type)
+  sharding = NamedSharding(mesh, P("data", None, None, "model"))
+  with jax.set_mesh(mesh):
+    f = jax.jit(lambda k: jaxdrop.random_bits(k, SHAPE, out_sharding=sharding))
+    hlo = f.lower(KEY).compile().as_text()
+    bits = f(KEY)
+  assert not COLLECTIVES.search(hlo)
+  assert f"[{','.join(map(str, SHAPE))}]" not in hlo, "a global-shape array on every device"
+  assert bits.sharding.is_equivalent_to(sharding, len(SHAPE))
+  np.testing.assert_array_equal(bits, jaxdrop.random_bits(KEY, SHAPE))
