@@ -30,7 +30,7 @@ def outline(notebook: dict) -> list[list[tuple[str, str]]]:
   for cell in notebook["cells"]:
     if cell["cell_type"] != "code":
       continue
-    items = [("source", "".join(cell["source"]))]
+    items: list[tuple[str, str]] = [("source", "".join(cell["source"]))]
     for output in cell.get("outputs", []):
       kind = output["output_type"]
       if kind == "stream":
@@ -41,9 +41,11 @@ def outline(notebook: dict) -> list[list[tuple[str, str]]]:
           items.append((f"stream:{output['name']}", text))
       elif kind == "error":
         items.append(("error", output["ename"]))
-      else:
-        items.append((kind, " ".join(sorted(output.get("data", {})))))
-    cells.append([(kind, NUMBER.sub("#", text)) for kind, text in items])
+      else:  # a result or a figure: its kinds of data and its plain-text form
+        data = output.get("data", {})
+        items.append((kind, " ".join(sorted(data)) + "\n" + "".join(data.get("text/plain", ""))))
+    # Numbers masked, then runs of spaces (NumPy pads columns to the widest number).
+    cells.append([(kind, re.sub(r"[ \t]+", " ", NUMBER.sub("#", text))) for kind, text in items])
   return cells
 
 
@@ -57,7 +59,7 @@ def main() -> int:
       ).stdout
     )
     executed = json.loads(path.read_text())
-    code = [c for c in committed["cells"] if c["cell_type"] == "code"]
+    code = [c for c in committed["cells"] if c["cell_type"] == "code" and "".join(c["source"])]
     if any(c.get("execution_count") is None for c in code):
       stale.append(f"{relative}: committed with code cells not executed")
     elif outline(committed) != outline(executed):
