@@ -39,9 +39,9 @@ def free_port() -> int:
 
 def launch(script: pathlib.Path, num_processes: int, timeout: float) -> list[tuple[int, str]]:
   """Runs ``script PROCESS_ID NUM_PROCESSES PORT`` in `num_processes` processes, each with 4
-  CPU devices; returns each one's exit status (negative if killed) and output. If one fails
-  or the time runs out, the others are killed (with any children: each has a session of its
-  own)."""
+  CPU devices; returns each one's exit status (negative if killed) and output. If one fails,
+  the time runs out or the launcher is interrupted or terminated, the others are killed (with
+  any children: each has a session of its own)."""
   port = free_port()
   env = dict(
     os.environ,
@@ -61,6 +61,11 @@ def launch(script: pathlib.Path, num_processes: int, timeout: float) -> list[tup
     for i, log in enumerate(logs)
   ]
   deadline = time.monotonic() + timeout
+
+  def terminated(signum: int, frame: object) -> None:
+    raise SystemExit(f"launch: signal {signum}")  # so that `finally` kills the children
+
+  previous = signal.signal(signal.SIGTERM, terminated)
   try:
     while any(c.poll() is None for c in children):
       failed = any(c.returncode not in (None, 0) for c in children)
@@ -68,6 +73,7 @@ def launch(script: pathlib.Path, num_processes: int, timeout: float) -> list[tup
         break
       time.sleep(0.5)
   finally:
+    signal.signal(signal.SIGTERM, previous)
     for c in children:
       if c.poll() is None:
         os.killpg(c.pid, signal.SIGKILL)

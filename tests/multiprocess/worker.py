@@ -11,12 +11,14 @@ explicit and with auto axes.
     python tests/multiprocess/worker.py PROCESS_ID NUM_PROCESSES PORT
 
 (with XLA_FLAGS and the platform set by the launcher) prints one line per check and ends with
-"N passed, M failed"; the exit status is 0 only if every check passed.
+"N passed, M failed"; the exit status is 0 only if every check passed. It stops at the first
+failure.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import sys
 import time
@@ -267,20 +269,20 @@ def main(process_id: int, num_processes: int, port: int) -> int:
   )
   assert jax.process_count() == num_processes == 2, jax.process_count()
   assert jax.device_count() == 8, jax.device_count()
-  passed = failed = 0
-  for fn in CHECKS:
+  for passed, fn in enumerate(CHECKS):
     start = time.perf_counter()
     try:
       fn()
     except Exception:
-      failed += 1
+      # Stop at once: the other process, whose own shards may have passed, would wait for
+      # this one in the next collective; the launcher kills it when this one exits.
       print(f"FAILED {fn.__name__}\n{traceback.format_exc()}", flush=True)
-    else:
-      passed += 1
-      print(f"ok {fn.__name__} ({time.perf_counter() - start:.1f} s)", flush=True)
-  print(f"{passed} passed, {failed} failed", flush=True)
+      print(f"{passed} passed, 1 failed (the remaining checks not run)", flush=True)
+      os._exit(1)
+    print(f"ok {fn.__name__} ({time.perf_counter() - start:.1f} s)", flush=True)
+  print(f"{len(CHECKS)} passed, 0 failed", flush=True)
   jax.distributed.shutdown()
-  return 0 if failed == 0 else 1
+  return 0
 
 
 if __name__ == "__main__":
