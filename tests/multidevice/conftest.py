@@ -14,7 +14,8 @@ def pytest_collection_modifyitems(config, items):
   if jax.device_count() >= 8:
     return
   skip = pytest.mark.skip(
-    reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    reason="needs 8 devices, in its own step: "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest tests/multidevice"
   )
   for item in items:
     if "multidevice" in str(item.fspath):

@@ -1,4 +1,4 @@
-"""The drop-ins on sharded arrays: NNX on explicit axes, Linen, Equinox and Haiku on both kinds.
+"""Every drop-in on sharded arrays, auto and explicit axes; NNX cases ported from Flax.
 
 Ported (rewritten, run against ``jaxdrop.nnx.Dropout``) from Flax's
 google/flax tests/nnx/spmd_test.py::test_out_sharding_dropout: on a mesh with explicit axes
@@ -72,30 +72,83 @@ def test_attention_fn_on_a_batch_sharded_input(mesh, implementation):
   assert np.any(np.asarray(expected) != np.asarray(jdnnx.attention_fn(q, k, v)))
 
 
-@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
-def test_linen_equinox_and_haiku_dropout_on_sharded_input(axis_type):
+def _drop_ins(key):
+  """Every drop-in module of the four frameworks, training, as a function of NHWC `x`."""
   import haiku as hk
 
-  import jaxdrop.equinox
-  import jaxdrop.haiku
-  import jaxdrop.linen
+  import jaxdrop.equinox as jdeqx
+  import jaxdrop.haiku as jdhk
+  import jaxdrop.linen as jdlinen
 
-  x = jnp.arange(1, 33, dtype=jnp.float32).reshape(4, 8)
-  key = jax.random.key(0)
-  linen = jaxdrop.linen.Dropout(0.5, deterministic=False)
-  haiku = hk.transform(lambda x: jaxdrop.haiku.dropout(hk.next_rng_key(), 0.5, x))
-  layers = {
-    "linen": lambda x: linen.apply({}, x, rngs={"dropout": key}),
-    "equinox": lambda x: jaxdrop.equinox.Dropout(0.5)(x, key=key),
-    "haiku": lambda x: haiku.apply({}, key, x),
+  linen = {
+    name: (lambda m: lambda x: m.apply({}, x, rngs={"dropout": key}))(m)
+    for name, m in {
+      "Dropout": jdlinen.Dropout(0.5, deterministic=False),
+      "ChannelDropout": jdlinen.ChannelDropout(0.5, deterministic=False),
+      "FeatureAlphaDropout": jdlinen.FeatureAlphaDropout(0.5, deterministic=False),
+      "AlphaDropout": jdlinen.AlphaDropout(0.5, deterministic=False),
+      "GaussianDropout": jdlinen.GaussianDropout(0.5, deterministic=False),
+      "DropPath": jdlinen.DropPath(0.5, deterministic=False),
+      "DropBlock": jdlinen.DropBlock(0.5, deterministic=False, block_size=3),
+    }.items()
   }
-  unsharded = {name: layer(x) for name, layer in layers.items()}
+  per_example = {"channel_axis": -1, "batch_axis": 0}  # Equinox's default is one example
+  equinox = {
+    name: (lambda m: lambda x: m(x, key=key))(m)
+    for name, m in {
+      "Dropout": jdeqx.Dropout(0.5),
+      "ChannelDropout": jdeqx.ChannelDropout(0.5, **per_example),
+      "FeatureAlphaDropout": jdeqx.FeatureAlphaDropout(0.5, **per_example),
+      "AlphaDropout": jdeqx.AlphaDropout(0.5),
+      "GaussianDropout": jdeqx.GaussianDropout(0.5),
+      "DropPath": jdeqx.DropPath(0.5, batch_axis=0),
+      "DropBlock": jdeqx.DropBlock(0.5, block_size=3),
+    }.items()
+  }
+  haiku = {
+    name: (
+      lambda f: lambda x: hk.transform(lambda x: f(hk.next_rng_key(), 0.5, x)).apply({}, key, x)
+    )(f)
+    for name, f in {
+      "dropout": jdhk.dropout,
+      "channel_dropout": jdhk.channel_dropout,
+      "feature_alpha_dropout": jdhk.feature_alpha_dropout,
+      "alpha_dropout": jdhk.alpha_dropout,
+      "gaussian_dropout": jdhk.gaussian_dropout,
+      "drop_path": jdhk.drop_path,
+      "drop_block": lambda rng, rate, x: jdhk.drop_block(rng, rate, x, 3),
+    }.items()
+  }
+  nnx_modules = {
+    "Dropout": jdnnx.Dropout,
+    "ChannelDropout": jdnnx.ChannelDropout,
+    "FeatureAlphaDropout": jdnnx.FeatureAlphaDropout,
+    "AlphaDropout": jdnnx.AlphaDropout,
+    "GaussianDropout": jdnnx.GaussianDropout,
+    "DropPath": jdnnx.DropPath,
+    "DropBlock": functools.partial(jdnnx.DropBlock, block_size=3),
+  }
+  nnx_layers = {
+    name: (lambda make: lambda x: make(0.5, deterministic=False)(x, rngs=key))(make)
+    for name, make in nnx_modules.items()
+  }
+  layers = {"linen": linen, "equinox": equinox, "haiku": haiku, "nnx": nnx_layers}
+  return {f"{framework} {name}": f for framework, fs in layers.items() for name, f in fs.items()}
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+def test_every_drop_in_on_sharded_input(axis_type):
+  x = jax.random.normal(jax.random.key(2), (4, 6, 6, 8))  # NHWC
+  key = jax.random.key(0)
+  layers = _drop_ins(key)
+  unsharded = jax.jit(lambda x: {name: f(x) for name, f in layers.items()})(x)
   mesh = jax.make_mesh((2, 2), ("X", "Y"), axis_types=(axis_type,) * 2)
   with jax.set_mesh(mesh):
-    sharded = jax.device_put(x, jax.NamedSharding(mesh, P("X", "Y")))
-    for name, layer in layers.items():
-      y = jax.jit(layer)(sharded)
-      assert y.sharding.is_equivalent_to(sharded.sharding, 2), name
-      np.testing.assert_array_equal(y, unsharded[name], err_msg=name)
-  # Equinox passes its key on as it is (Linen and Haiku derive theirs): the functional mask.
-  np.testing.assert_array_equal(unsharded["equinox"], jaxdrop.dropout(key, x, 0.5))
+    sharded = jax.device_put(x, jax.NamedSharding(mesh, P("X", None, None, "Y")))
+    out = jax.jit(lambda x: {name: f(x) for name, f in layers.items()})(sharded)
+  for name, y in out.items():
+    assert y.sharding.is_equivalent_to(sharded.sharding, 4), name
+    np.testing.assert_array_equal(y == 0, unsharded[name] == 0, err_msg=name)
+    np.testing.assert_allclose(y, unsharded[name], rtol=1e-6, atol=1e-6, err_msg=name)
+  # Equinox passes its key on as it is (Linen, Haiku and NNX derive theirs): the functional mask.
+  np.testing.assert_array_equal(out["equinox Dropout"], jaxdrop.dropout(key, x, 0.5))
