@@ -143,8 +143,9 @@ class ChannelDropout(_PerChannel):
   example (``channel_axis=0``, ``batch_axis=None``).
 
   Args:
-    p: the probability of DROPPING each channel (default 0.5); `inference` and the call as
-      for `Dropout`.
+    p: the probability of DROPPING each channel (default 0.5); `inference` and the call as for
+      `Dropout`. A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     channel_axis, batch_axis: as for `jaxdrop.channel_dropout`; here by default an unbatched
       ``(C, ...)`` example (channel axis 0, no batch axis).
 
@@ -165,8 +166,9 @@ class FeatureAlphaDropout(_PerChannel):
   """`jaxdrop.feature_alpha_dropout` as an Equinox module: alpha dropout of whole channels.
 
   Args:
-    p: the probability of DROPPING each channel (default 0.5); `inference` and the call as
-      for `Dropout`.
+    p: the probability of DROPPING each channel (default 0.5); `inference` and the call as for
+      `Dropout`. A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout`; here by default an
       unbatched ``(C, ...)`` example (channel axis 0, no batch axis).
 
@@ -190,7 +192,8 @@ class AlphaDropout(_Member):
 
   Args:
     p: the probability of DROPPING each unit (default 0.5), as for `jaxdrop.alpha_dropout`;
-      `inference` and the call as for `Dropout`.
+      `inference` and the call as for `Dropout`. A traced value outside [0, 1] makes the output NaN
+      (`jaxdrop.dropout` says how to find it).
 
   Examples:
     >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
@@ -209,8 +212,9 @@ class GaussianDropout(_Member):
   """`jaxdrop.gaussian_dropout` as an Equinox module: multiplicative Gaussian noise.
 
   Args:
-    p: in [0, 1] (default 0.5), the `rate` of `jaxdrop.gaussian_dropout` (the noise variance
-      is p / (1 - p)); `inference` and the call as for `Dropout`.
+    p: in [0, 1] (default 0.5), the `rate` of `jaxdrop.gaussian_dropout` (the noise variance is p /
+      (1 - p)); `inference` and the call as for `Dropout`. A traced value outside [0, 1] makes the
+      output NaN (`jaxdrop.dropout` says how to find it).
 
   Examples:
     >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
@@ -234,7 +238,8 @@ class DropPath(_Member):
 
   Args:
     p: the probability of DROPPING the branch (default 0.5); `inference` and the call as for
-      `Dropout`.
+      `Dropout`. A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     batch_axis: None (the default), or an axis as for `jaxdrop.drop_path`.
 
   Examples:
@@ -265,7 +270,8 @@ class DropBlock(_Member):
 
   Args:
     p: the expected fraction of units to drop (default 0.5); `inference` and the call as for
-      `Dropout`.
+      `Dropout`. A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     block_size, spatial_axes: as for `jaxdrop.drop_block`, by keyword (the second positional
       field is `inference`).
 

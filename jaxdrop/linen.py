@@ -139,7 +139,8 @@ class ChannelDropout(_PerChannel):
   """`jaxdrop.channel_dropout` as a Linen module: drops whole channels, one draw per example.
 
   Attributes:
-    rate: the probability of DROPPING each channel of each example (may be traced).
+    rate: the probability of DROPPING each channel of each example (may be traced). A traced value
+      outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to find it).
     channel_axis, batch_axis: as for `jaxdrop.channel_dropout`.
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
@@ -161,7 +162,8 @@ class FeatureAlphaDropout(_PerChannel):
   """`jaxdrop.feature_alpha_dropout` as a Linen module: alpha dropout of whole channels.
 
   Attributes:
-    rate: the probability of DROPPING each channel of each example (may be traced).
+    rate: the probability of DROPPING each channel of each example (may be traced). A traced value
+      outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to find it).
     channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout`.
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
@@ -185,8 +187,8 @@ class AlphaDropout(_Member):
   """`jaxdrop.alpha_dropout` as a Linen module: dropout for SELU networks.
 
   Attributes:
-    rate: the probability of DROPPING each unit, as for `jaxdrop.alpha_dropout` (may be
-      traced).
+    rate: the probability of DROPPING each unit, as for `jaxdrop.alpha_dropout` (may be traced). A
+      traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to find it).
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
   Examples:
@@ -207,8 +209,9 @@ class GaussianDropout(_Member):
   """`jaxdrop.gaussian_dropout` as a Linen module: multiplicative Gaussian noise.
 
   Attributes:
-    rate: in [0, 1], as for `jaxdrop.gaussian_dropout` (the noise variance is
-      rate / (1 - rate); may be traced).
+    rate: in [0, 1], as for `jaxdrop.gaussian_dropout` (the noise variance is rate / (1 - rate); may
+      be traced). A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
   Examples:
@@ -230,7 +233,8 @@ class DropPath(_Member):
   """`jaxdrop.drop_path` as a Linen module: stochastic depth on a residual branch.
 
   Attributes:
-    rate: the probability of DROPPING the branch (may be traced).
+    rate: the probability of DROPPING the branch (may be traced). A traced value outside [0, 1]
+      makes the output NaN (`jaxdrop.dropout` says how to find it).
     batch_axis, mode: as for `jaxdrop.drop_path`.
     deterministic, rng_collection: as for `Dropout`, and so is the call.
 
@@ -258,7 +262,8 @@ class DropBlock(_Member):
   `spatial_axes` as for `jaxdrop.drop_block`.
 
   Attributes:
-    rate: the expected fraction of units to drop (may be traced).
+    rate: the expected fraction of units to drop (may be traced). A traced value outside [0, 1]
+      makes the output NaN (`jaxdrop.dropout` says how to find it).
     block_size, spatial_axes: as for `jaxdrop.drop_block` (NHWC by default), by keyword (the
       second positional field is `deterministic`).
     deterministic, rng_collection: as for `Dropout`, and so is the call.

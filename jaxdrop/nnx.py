@@ -68,10 +68,11 @@ def _stream(rngs: nnx.Rngs, collection: str, owner: str) -> nnx.RngStream:
     return rngs[collection]
   except KeyError as err:
     streams = ", ".join(repr(name) for name, _ in rngs.items()) or "none"
+    example = f"{collection}=0" if collection == "params" else f"params=0, {collection}=1"
     raise ValueError(
       f"{owner} draws its keys from the nnx.Rngs stream {collection!r}, which this nnx.Rngs "
-      f"does not have (its streams: {streams}): add it, e.g. "
-      f"nnx.Rngs(params=0, {collection}=1), or name one of its streams with rng_collection="
+      f"does not have (its streams: {streams}): add it, e.g. nnx.Rngs({example}), or name "
+      "one of its streams with rng_collection="
     ) from err
 
 
@@ -259,7 +260,8 @@ class ChannelDropout(_PerChannel):
 
   Args:
     rate: the probability of DROPPING each channel of each example; a float, or an array or
-      ``nnx.Variable``, as for `Dropout`.
+      ``nnx.Variable``, as for `Dropout`. A traced value outside [0, 1] makes the output NaN
+      (`jaxdrop.dropout` says how to find it).
     channel_axis, batch_axis: as for `jaxdrop.channel_dropout`.
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
@@ -283,7 +285,8 @@ class FeatureAlphaDropout(_PerChannel):
 
   Args:
     rate: the probability of DROPPING each channel of each example; a float, or an array or
-      ``nnx.Variable``, as for `Dropout`.
+      ``nnx.Variable``, as for `Dropout`. A traced value outside [0, 1] makes the output NaN
+      (`jaxdrop.dropout` says how to find it).
     channel_axis, batch_axis: as for `jaxdrop.feature_alpha_dropout`.
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
@@ -308,8 +311,9 @@ class AlphaDropout(_Member):
   """`jaxdrop.alpha_dropout` as an NNX module: dropout for SELU networks.
 
   Args:
-    rate: the probability of DROPPING each unit, as for `jaxdrop.alpha_dropout`; a float, or
-      an array or ``nnx.Variable``, as for `Dropout`.
+    rate: the probability of DROPPING each unit, as for `jaxdrop.alpha_dropout`; a float, or an
+      array or ``nnx.Variable``, as for `Dropout`. A traced value outside [0, 1] makes the output
+      NaN (`jaxdrop.dropout` says how to find it).
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
   Examples:
@@ -331,8 +335,9 @@ class GaussianDropout(_Member):
   """`jaxdrop.gaussian_dropout` as an NNX module: multiplicative Gaussian noise.
 
   Args:
-    rate: in [0, 1], as for `jaxdrop.gaussian_dropout` (the noise variance is
-      rate / (1 - rate)); a float, or an array or ``nnx.Variable``, as for `Dropout`.
+    rate: in [0, 1], as for `jaxdrop.gaussian_dropout` (the noise variance is rate / (1 - rate)); a
+      float, or an array or ``nnx.Variable``, as for `Dropout`. A traced value outside [0, 1] makes
+      the output NaN (`jaxdrop.dropout` says how to find it).
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
   Examples:
@@ -355,8 +360,9 @@ class DropPath(_Member):
   """`jaxdrop.drop_path` as an NNX module: stochastic depth on a residual branch.
 
   Args:
-    rate: the probability of DROPPING the branch; a float, or an array or ``nnx.Variable``,
-      as for `Dropout`.
+    rate: the probability of DROPPING the branch; a float, or an array or ``nnx.Variable``, as for
+      `Dropout`. A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     batch_axis, mode: as for `jaxdrop.drop_path`.
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 
@@ -396,8 +402,9 @@ class DropBlock(_Member):
   `spatial_axes` as for `jaxdrop.drop_block`.
 
   Args:
-    rate: the expected fraction of units to drop; a float, or an array or ``nnx.Variable``,
-      as for `Dropout`.
+    rate: the expected fraction of units to drop; a float, or an array or ``nnx.Variable``, as for
+      `Dropout`. A traced value outside [0, 1] makes the output NaN (`jaxdrop.dropout` says how to
+      find it).
     block_size, spatial_axes: as for `jaxdrop.drop_block` (NHWC by default).
     deterministic, rng_collection, rngs: as for `Dropout`, and so is the call.
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import MEMBERS
+from helpers import MEMBERS, SHARDED_MEMBERS
 
 import jaxdrop
 
@@ -27,17 +27,23 @@ def test_no_nan_or_inf_is_built_on_valid_input_op_by_op(name, check):
         assert bool(jnp.all(jnp.isfinite(y)))
 
 
-@pytest.mark.parametrize("name", [*MEMBERS, "dot_product_attention"])
+EVERY_RATE = {
+  **SHARDED_MEMBERS,  # the family, zoneout, stochastic depth, gaussian_noise's stddev
+  "make_mask": lambda k, x, r: jaxdrop.apply_mask(jaxdrop.make_mask(k, x.shape, r), x),
+  "dot_product_attention": lambda k, x, r: jaxdrop.dot_product_attention(
+    x, x, x, dropout_key=k, dropout_rate=r, implementation="chunked"
+  ),
+}
+
+
+@pytest.mark.parametrize("name", EVERY_RATE)
 def test_debug_nans_still_fires_on_an_invalid_traced_rate(name):
   # What every rate's docstring promises: the NaN output makes JAX rerun the call op by op,
   # where the rate is concrete and the argument check names it.
-  f = MEMBERS.get(name) or (
-    lambda k, x, r: jaxdrop.dot_product_attention(
-      x, x, x, dropout_key=k, dropout_rate=r, implementation="chunked"
-    )
-  )
-  with jax.debug_nans(True), pytest.raises(ValueError, match=r"rate must be in \[0, 1\].*got 1.5"):
-    jax.jit(lambda r: f(KEY, X, r))(1.5)
+  f = EVERY_RATE[name]
+  assert bool(jnp.all(jnp.isnan(jax.jit(lambda r: f(KEY, X, r))(-0.5))))
+  with jax.debug_nans(True), pytest.raises(ValueError, match=r"(rate|stddev) must be .*got -0.5"):
+    jax.jit(lambda r: f(KEY, X, r))(-0.5)
 
 
 @pytest.mark.parametrize("name", [n for n in MEMBERS])
