@@ -51,7 +51,8 @@ def outline(notebook: dict) -> list[list[tuple[str, str]]]:
 
 def main() -> int:
   stale = []
-  for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+  paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
+  for path in paths:
     relative = path.relative_to(ROOT).as_posix()
     committed = json.loads(
       subprocess.run(
@@ -72,8 +73,7 @@ def main() -> int:
       file=sys.stderr,
     )
     return 1
-  count = len(list((ROOT / "notebooks").glob("*.ipynb")))
-  print(f"the committed outputs of the {count} notebooks are current")
+  print(f"the committed outputs of the {len(paths)} notebooks are current")
   return 0
 
 

@@ -88,7 +88,7 @@ def block_position(
   entries = tuple(shard_spec) + (None,) * (len(shape) - len(shard_spec))
   offsets, global_shape = [], []
   for axis, (entry, size) in enumerate(zip(entries, shape)):
-    names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+    names = check.axis_names(entry)
     index: int | jax.Array = 0
     count = 1
     for name in names:

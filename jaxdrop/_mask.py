@@ -123,8 +123,7 @@ def sharded_layout(
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
 
   def explicit_only(entry: Any, shared: bool) -> Any:
-    names = () if entry is None or shared else entry if isinstance(entry, tuple) else (entry,)
-    names = tuple(name for name in names if name in explicit)
+    names = tuple(name for name in check.axis_names(entry) if name in explicit and not shared)
     return None if not names else names[0] if len(names) == 1 else names
 
   entries = tuple(explicit_only(spec[a], a in shared) for a in range(len(shape)))

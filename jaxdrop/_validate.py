@@ -223,12 +223,11 @@ def out_sharding(
   return value
 
 
+def axis_names(entry: object) -> tuple[str, ...]:
+  """The mesh axis names of one `PartitionSpec` entry: None, a name or a tuple of names."""
+  return () if entry is None else entry if isinstance(entry, tuple) else (cast(str, entry),)
+
+
 def mesh_axes(spec: jax.sharding.PartitionSpec) -> set[str]:
   """The mesh axis names a `PartitionSpec` uses."""
-  names: set[str] = set()
-  for entry in spec:
-    if isinstance(entry, str):
-      names.add(entry)
-    elif isinstance(entry, tuple):
-      names.update(entry)
-  return names
+  return set().union(*map(axis_names, spec))
