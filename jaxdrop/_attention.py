@@ -213,12 +213,14 @@ class _Blocks:
     assert self.drop is not None and self.words is not None  # cfg.dropout: both were drawn
     t, any_kept, scale, (batch_offset, head_offset) = self.drop
     mb, mn, mt, ms = cfg.mask_shape
-    shape = (mb, mn, cfg.q_chunk if mt > 1 else 1, cfg.k_chunk if ms > 1 else 1)
+    # `!= 1` rather than `> 1`: decidable for a symbolic size too (a size that is 1 at run
+    # time draws the same either way).
+    shape = (mb, mn, cfg.q_chunk if mt != 1 else 1, cfg.k_chunk if ms != 1 else 1)
     offsets = (
       batch_offset,
       head_offset,
-      jnp.asarray(i * cfg.q_chunk if mt > 1 else 0, jnp.uint32),
-      jnp.asarray(j * cfg.k_chunk if ms > 1 else 0, jnp.uint32),
+      jnp.asarray(i * cfg.q_chunk if mt != 1 else 0, jnp.uint32),
+      jnp.asarray(j * cfg.k_chunk if ms != 1 else 0, jnp.uint32),
     )
     keep = keep_mask(
       MaskSource(self.words, offsets), MaskLayout(shape, global_shape=cfg.mask_global), t, any_kept
@@ -239,7 +241,7 @@ class _Blocks:
     all-reduce on a sharded batch.)
     """
     cfg = self.cfg
-    count = -(-cfg.length_k // cfg.k_chunk)
+    count = (cfg.length_k + cfg.k_chunk - 1) // cfg.k_chunk
     if not cfg.skip_causal:
       return count
     return jnp.minimum(((i + 1) * cfg.q_chunk + cfg.k_chunk - 1) // cfg.k_chunk, count)
@@ -249,10 +251,9 @@ def _forward(cfg: _Config, blocks: _Blocks) -> tuple[jax.Array, jax.Array, jax.A
   """Output ``(B, Tp, K, G, H)`` in float32 and, per row ``(B, K, G, Tp)``, the softmax's
   maximum `m` and ``1 / l`` for its normaliser `l` (kept apart rather than as the log-sum-exp
   ``m + log l``: for a fully masked row m is about -2.4e38, which absorbs ``log l``)."""
-  b, _, heads_k, groups, h = blocks.q.shape
-  count_q = blocks.q.shape[1] // cfg.q_chunk
+  b, padded, heads_k, groups, h = blocks.q.shape
 
-  def query_chunk(i: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def query_chunk(i: jax.Array, results: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     def step(
       j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -282,13 +283,19 @@ def _forward(cfg: _Config, blocks: _Blocks) -> tuple[jax.Array, jax.Array, jax.A
     )
     m, l, acc = jax.lax.fori_loop(0, blocks.key_chunks(i), step, init)
     inverse = 1 / l  # l >= 1: the row's largest term is exp(0)
-    return acc * inverse[..., None], m, inverse
+    out = jnp.moveaxis(acc * inverse[..., None], 3, 1)  # (B, Tq, K, G, H)
+    start = i * cfg.q_chunk
+    return tuple(
+      jax.lax.dynamic_update_slice_in_dim(total, piece, start, axis)
+      for total, piece, axis in zip(results, (out, m, inverse), (1, 3, 3))
+    )
 
-  out, m, inverse = jax.lax.map(query_chunk, jnp.arange(count_q))
-  # (Q, B, K, G, Tq, ...) -> (B, Tp, K, G, H) and (B, K, G, Tp)
-  out = jnp.moveaxis(out, 4, 1).reshape(count_q * cfg.q_chunk, b, heads_k, groups, h)
-  rows = lambda a: jnp.moveaxis(a, 0, 3).reshape(b, heads_k, groups, -1)
-  return jnp.moveaxis(out, 0, 1), rows(m), rows(inverse)
+  # A loop writing each query chunk's rows in place (rather than `lax.map` stacking them): its
+  # trip count may be symbolic under `jax.export`, which `lax.map`'s scan does not take.
+  rows = jnp.zeros((b, heads_k, groups, padded), jnp.float32)
+  results = tuple(map(blocks.fresh, (jnp.zeros(blocks.q.shape, jnp.float32), rows, rows)))
+  out, m, inverse = jax.lax.fori_loop(0, padded // cfg.q_chunk, query_chunk, results)
+  return out, m, inverse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -370,7 +377,7 @@ def _chunked_bwd(
       dk = _add_at(dk, dk_j, (0, start, 0, 0))
       dv = _add_at(dv, dv_j, (0, start, 0, 0))
       if dbias is not None:
-        axes = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] > 1)
+        axes = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] != 1)
         dbias = _add_at(
           dbias,
           jnp.sum(ds, axis=axes, keepdims=True),
@@ -378,8 +385,8 @@ def _chunked_bwd(
             0,
             0,
             0,
-            i * cfg.q_chunk if dbias.shape[3] > 1 else 0,
-            start if dbias.shape[4] > 1 else 0,
+            i * cfg.q_chunk if dbias.shape[3] != 1 else 0,
+            start if dbias.shape[4] != 1 else 0,
           ),
         )
       return dq_i, dk, dv, dbias
@@ -446,7 +453,9 @@ def _chunked_attention(
 ) -> jax.Array:
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
-  q_chunk, k_chunk = min(q_chunk, t), min(k_chunk, s)
+  # Symbolic under jax.export when T or S is (min(t, 512)): the chunk, the padding and the
+  # number of chunks are then expressions in them, fixed when the artifact is called.
+  q_chunk, k_chunk = jax.core.min_dim(q_chunk, t), jax.core.min_dim(k_chunk, s)
   skip_causal = is_causal and mask is None and k_lengths is None
   cfg = _Config(
     scale=scale,
@@ -590,6 +599,18 @@ def _chunk_size(value: object, name: str) -> int:
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
   return int(value)
+
+
+def _default_implementation(weights_shape: tuple[Any, ...]) -> Literal["xla", "chunked"]:
+  """``"chunked"`` above `_CHUNKED_ABOVE` weights ``(B, N, T, S)``, ``"xla"`` below, decided
+  without comparing a symbolic size (`jax.export`): a symbolic T or S picks ``"chunked"``,
+  whose memory stays linear in them at any length the artifact is served with; a symbolic
+  batch or head count counts as 1 (both implementations' memory is linear in them)."""
+  symbolic = [jax.export.is_symbolic_dim(d) for d in weights_shape]
+  if symbolic[2] or symbolic[3]:
+    return "chunked"
+  count = math.prod(1 if sym else d for d, sym in zip(weights_shape, symbolic))
+  return "chunked" if count > _CHUNKED_ABOVE else "xla"
 
 
 def dot_product_attention(
@@ -739,6 +760,11 @@ def dot_product_attention(
   is_causal = check.static_bool(is_causal, "is_causal")
   dims = check.axes(broadcast_dims, 4 if batched else 3, "broadcast_dims")
   dims = dims if batched else tuple(d + 1 for d in dims)
+  if scale is None and jax.export.is_symbolic_dim(h):
+    raise ValueError(
+      f"scale must be given when the head size is symbolic (jax.export), got head size {h}: "
+      "1 / sqrt(H) is a constant of the compiled program"
+    )
   if scale is None:
     scale = 1 / math.sqrt(h)
   elif (
@@ -760,7 +786,7 @@ def dot_product_attention(
   if dropout_on:
     dropout_key = require_key("dot_product_attention", dropout_key, dropout_rate, deterministic)
   if implementation is None:
-    implementation = "chunked" if math.prod(weights_shape) > _CHUNKED_ABOVE else "xla"
+    implementation = _default_implementation(weights_shape)
   if t == 0 or s == 0:
     implementation = "xla"  # nothing to chunk: the materialised version handles empty axes
   if implementation == "xla":
