@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import itertools
@@ -42,18 +41,29 @@ def _coverage(size: int, block: int, xp: types.ModuleType = np) -> Any:
   return xp.maximum(last - first + 1, 0)
 
 
-def coverage_table(sizes: Sequence[int], block: int) -> tuple[np.ndarray, np.ndarray]:
-  """``(n, w)``: the distinct numbers of block centres covering a position of a map of
-  `sizes`, ascending, and the fraction of positions covered by each."""
-  per_axis = [zip(*np.unique(_coverage(size, block), return_counts=True)) for size in sizes]
-  counts: collections.Counter = collections.Counter()
-  for combination in itertools.product(*(list(axis) for axis in per_axis)):
-    counts[math.prod(int(n) for n, _ in combination)] += math.prod(int(c) for _, c in combination)
-  n, c = zip(*sorted(counts.items()))
-  return np.asarray(n, np.float32), np.asarray(np.asarray(c) / math.prod(sizes), np.float32)
+def coverage_table(sizes: Sequence[Any], block: int) -> tuple[np.ndarray, jax.Array]:
+  """``(n, w)``: every number of block centres that can cover a position of a map of `sizes`
+  (the products of one count per axis, each 1 to `block`; the first is 1) and the fraction
+  of positions covered by each (0 where a count does not occur).
+
+  Built from the sizes as traced values, so that they may be symbolic (`jax.export`) and
+  the seed rate is then solved by the same operations at every size. Along an axis of
+  length ``L`` the centres ``c`` number ``M = L - b + 1``; the coverage rises 1, 2, ... to
+  ``K = min(b, M)`` from each end, and the ``L - 2 (K - 1)`` middle positions have ``K``.
+  """
+  counts = np.arange(1, block + 1)
+  fractions = []
+  for size in sizes:
+    length = jnp.asarray(size, jnp.int32)
+    most = jnp.minimum(block, length - block + 1)
+    per_count = jnp.where(counts < most, 2, jnp.where(counts == most, length - 2 * (most - 1), 0))
+    fractions.append(per_count.astype(jnp.float32) / length.astype(jnp.float32))
+  n = np.asarray([math.prod(c) for c in itertools.product(counts, repeat=len(sizes))], np.float32)
+  w = functools.reduce(lambda w, f: (w[:, None] * f[None, :]).reshape(-1), fractions)
+  return n, w
 
 
-def seed_rate(rate: jax.Array, n: np.ndarray, w: np.ndarray) -> jax.Array:
+def seed_rate(rate: jax.Array, n: np.ndarray, w: jax.Array) -> jax.Array:
   r"""The seed probability :math:`\gamma` with
   :math:`\sum_j w_j (1 - \gamma)^{n_j} = 1 - \text{rate}` (float32; `rate` in [0, 1]).
 
@@ -121,6 +131,15 @@ class _BlockDraw:
     p_keep = jnp.where(every, 0, jnp.exp(coverage * jnp.log1p(-jnp.where(every, 0, gamma))))
     scale = jnp.where(p_keep == 0, 0, 1 / jnp.where(p_keep == 0, 1, p_keep))  # NaN stays NaN
     return ~dropped & any_kept, scale
+
+
+def _fits(block_size: int, size: Any) -> bool | None:
+  """Whether a block of `block_size` fits an axis of `size`; None where the size is symbolic
+  (`jax.export`) and its constraints leave it open."""
+  try:
+    return bool(size >= block_size)
+  except jax.errors.InconclusiveDimensionOperation:
+    return None
 
 
 @functools.partial(
@@ -261,12 +280,6 @@ def drop_block(
     raise ValueError(f"spatial_axes must name at least one axis, got {spatial_axes!r}")
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be a positive integer, got {block_size!r}")
-  if any(jax.export.is_symbolic_dim(x.shape[axis]) for axis in axes):
-    raise ValueError(
-      f"drop_block needs concrete sizes on its spatial axes {axes} (the block "
-      f"layout is built from them), got shape {x.shape}; under jax.export the "
-      "other axes may be symbolic"
-    )
   with_noise = check.static_bool(with_noise, "with_noise")
   if scale_by_keep is None:
     scale_by_keep = not with_noise
@@ -287,16 +300,24 @@ def drop_block(
       size if axis in axes or axis in batch else 1 for axis, size in enumerate(x.shape)
     )
   key = checked_key(key)
-  smallest = min(x.shape[axis] for axis in axes)
   if x.size == 0 and block_size >= 1:
     return x
-  if not 1 <= block_size <= smallest:
+  fits = {axis: _fits(block_size, x.shape[axis]) for axis in axes}
+  if block_size < 1 or False in fits.values():
     # The hint only where the block would fit if x were NCHW (axes 2 and 3 spatial).
-    nchw = axes == (1, 2) and x.ndim == 4 and 1 <= block_size <= min(x.shape[2], x.shape[3])
+    nchw = axes == (1, 2) and x.ndim == 4 and all(_fits(block_size, x.shape[a]) for a in (2, 3))
+    smallest = functools.reduce(jax.core.min_dim, [x.shape[axis] for axis in axes])
     raise ValueError(
       f"block_size must be between 1 and the smallest spatial size {smallest} "
       f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
       + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else "")
+    )
+  for axis in (axis for axis, fit in fits.items() if fit is None):
+    raise ValueError(
+      f"block_size {block_size} must fit spatial axis {axis} of shape {x.shape}, whose "
+      f"symbolic size {x.shape[axis]} may be smaller: declare the bound where the shape is "
+      f"made, jax.export.symbolic_shape(..., constraints=('{x.shape[axis]} >= {block_size}',)) "
+      "(the exported function then refuses smaller inputs)"
     )
   if deterministic is True or rate_value == 0.0:
     return x
