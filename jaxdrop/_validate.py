@@ -151,14 +151,15 @@ def axes(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
 
 
 def shape(value: Sequence[int], name: str) -> tuple[int, ...]:
-  """A sequence of non-negative ints (not bools) as a tuple."""
+  """A sequence of non-negative ints (not bools) as a tuple; a size may be symbolic
+  (`jax.export`, such as ``x.shape`` of a symbolic input), and is non-negative."""
   try:
     if any(isinstance(d, (bool, np.bool_)) for d in value):
       raise TypeError
-    out = tuple(operator.index(d) for d in value)
+    out = tuple(d if jax.export.is_symbolic_dim(d) else operator.index(d) for d in value)
   except TypeError as err:
     raise TypeError(f"{name} must be a sequence of integers, got {value!r}") from err
-  if any(d < 0 for d in out):
+  if any(d < 0 for d in out if not jax.export.is_symbolic_dim(d)):
     raise ValueError(f"{name} must hold non-negative sizes, got {value!r}")
   return out
 
