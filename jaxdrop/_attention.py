@@ -653,8 +653,9 @@ def dot_product_attention(
   only the output and each row's log-sum-exp, and each block's dropout mask is drawn again
   from the key where it is needed. ``"xla"`` materialises the weights (the reference). The
   default, None, picks ``"chunked"`` when the weights would hold more than 2**24 elements
-  (64 MiB in float32) and ``"xla"`` below. The chunked derivative is reverse mode only
-  (`jax.grad`, `jax.vjp`): for `jax.jvp`, `jax.jacfwd`, `jax.linearize` or second
+  (64 MiB in float32) and ``"xla"`` below; with symbolic sizes (`jax.export`) a symbolic T
+  or S picks ``"chunked"`` and a symbolic batch counts as 1. The chunked derivative is reverse
+  mode only (`jax.grad`, `jax.vjp`): for `jax.jvp`, `jax.jacfwd`, `jax.linearize` or second
   derivatives pass ``implementation="xla"``. Both compute the softmax in float32, as
   `jax.nn.dot_product_attention` does (float64 inputs included); chunked computes the logits
   in float32 too. A ``(T, S)``

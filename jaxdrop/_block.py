@@ -245,7 +245,9 @@ def drop_block(
       Under `jit` a rate outside [0, 1] or NaN cannot raise: while training it makes the whole
       output NaN, and with ``jax.config.update("jax_debug_nans", True)`` JAX reruns the call
       eagerly, where the check raises a ValueError naming the rate.
-    block_size: the block's side, at least 1 and at most every spatial size.
+    block_size: the block's side, at least 1 and at most every spatial size. Under
+      `jax.export` a spatial size may be symbolic if its constraints say the block fits
+      (``symbolic_shape("b, h, w, c", constraints=("h >= 7", "w >= 7"))``).
     spatial_axes: the axes the blocks span (default (1, 2); (2, 3) for NCHW).
     couple_channels: share one spatial mask by every channel of an example (every axis but
       `batch_axis` and the spatial ones); default False, a mask per channel.
