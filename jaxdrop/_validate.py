@@ -161,7 +161,7 @@ def shape(value: Sequence[int], name: str) -> tuple[int, ...]:
     raise TypeError(f"{name} must be a sequence of integers, got {value!r}") from err
   if any(d < 0 for d in out if not jax.export.is_symbolic_dim(d)):
     raise ValueError(f"{name} must hold non-negative sizes, got {value!r}")
-  return out
+  return cast(tuple[int, ...], out)  # a symbolic size stands for an int, as in jax's shapes
 
 
 def choice(value: _T, options: Sequence[str | None], name: str) -> _T:
