@@ -453,8 +453,9 @@ def _chunked_attention(
 ) -> jax.Array:
   b, t, n, h = q.shape
   _, s, heads_k, _ = k.shape
-  # Symbolic under jax.export when T or S is (min(t, 512)): the chunk, the padding and the
-  # number of chunks are then expressions in them, fixed when the artifact is called.
+  # Under jax.export a symbolic T or S makes the chunk symbolic too (min(t, 512)): the
+  # chunk, the padding and the number of chunks are expressions fixed when the artifact is
+  # called, the same numbers a concrete call of that size uses.
   q_chunk, k_chunk = jax.core.min_dim(q_chunk, t), jax.core.min_dim(k_chunk, s)
   skip_causal = is_causal and mask is None and k_lengths is None
   cfg = _Config(

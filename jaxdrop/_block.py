@@ -314,7 +314,9 @@ def drop_block(
       f"(spatial axes {axes} of shape {x.shape}), got {block_size!r}"
       + ("; for NCHW input pass spatial_axes=(2, 3)" if nchw else "")
     )
-  for axis in (axis for axis, fit in fits.items() if fit is None):
+  undecided = [axis for axis, fit in fits.items() if fit is None]
+  if undecided:
+    axis = undecided[0]
     raise ValueError(
       f"block_size {block_size} must fit spatial axis {axis} of shape {x.shape}, whose "
       f"symbolic size {x.shape[axis]} may be smaller: declare the bound where the shape is "
