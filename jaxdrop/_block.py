@@ -307,7 +307,12 @@ def drop_block(
   fits = {axis: _fits(block_size, x.shape[axis]) for axis in axes}
   if block_size < 1 or False in fits.values():
     # The hint only where the block would fit if x were NCHW (axes 2 and 3 spatial).
-    nchw = axes == (1, 2) and x.ndim == 4 and all(_fits(block_size, x.shape[a]) for a in (2, 3))
+    nchw = (
+      axes == (1, 2)
+      and x.ndim == 4
+      and block_size >= 1
+      and all(_fits(block_size, x.shape[a]) for a in (2, 3))
+    )
     smallest = functools.reduce(jax.core.min_dim, [x.shape[axis] for axis in axes])
     raise ValueError(
       f"block_size must be between 1 and the smallest spatial size {smallest} "
