@@ -23,9 +23,10 @@ KEY = jax.random.key(0)
 RATE = 0.3
 
 
-def reloaded(f, *args):
-  """`f` exported for `args` (arrays or ShapeDtypeStructs), serialized and deserialized."""
-  return export.deserialize(export.export(jax.jit(f))(*args).serialize(vjp_order=1))
+def reloaded(f, *args, vjp_order=0):
+  """`f` exported for `args` (arrays or ShapeDtypeStructs), serialized (with its derivative
+  to `vjp_order`) and deserialized."""
+  return export.deserialize(export.export(jax.jit(f))(*args).serialize(vjp_order=vjp_order))
 
 
 def symbolic(*specs, constraints=()):
@@ -81,6 +82,10 @@ MEMBER_EXPORTS = {
     ).mean
   ),
 }
+# The gradient of the reloaded artifact for the members with derivative code of their own
+# (the rest share dropout's one backward rule); each costs an export of the derivative and two
+# more compilations.
+WITH_GRADIENT = ("dropout", "drop_block", "zoneout", "stochastic_depth", "make_mask and apply_mask")
 
 
 def test_every_public_function_is_exported_here():
@@ -97,14 +102,15 @@ def test_every_public_function_is_exported_here():
 def test_member_exports_with_symbolic_sizes_and_equals_the_direct_call(name):
   f = MEMBER_EXPORTS[name]
   spec, constraints, shapes = SPATIAL if name.startswith("drop_block") else SEQUENCE
-  artifact = reloaded(f, KEY, symbolic(spec, constraints=constraints))
+  grad = name in WITH_GRADIENT
+  artifact = reloaded(f, KEY, symbolic(spec, constraints=constraints), vjp_order=int(grad))
   for i, shape in enumerate(shapes):
     x = jax.random.normal(jax.random.key(i), shape)
     # Against the concrete call under jit: the same mask (the pattern of exact zeros) and the
     # same values up to the rounding of XLA's fusion choices (alpha's affine map, DropBlock's
     # scale), as in tests/multidevice; dropout's values are bit-identical (below). The
-    # gradient at the second size (each compiles twice more).
-    assert_same_call(artifact, f, (KEY, x), grad=i == 1)
+    # gradient at the second size.
+    assert_same_call(artifact, f, (KEY, x), grad=grad and i == 1)
 
 
 def test_random_bits_of_a_symbolic_shape_are_the_concrete_bits():
@@ -141,14 +147,14 @@ class TestDropBlock:
 
   def test_one_artifact_draws_the_concrete_mask_at_many_sizes(self):
     # The seed rate is solved from the traced sizes: the same operations at every size, so
-    # the same mask for square, oblong and smallest maps, one axis or three (the scale up to
-    # the rounding of exp where XLA folds the concrete call's coverage into constants).
+    # the same mask for the smallest and long maps, one axis or three (two: the member test
+    # above; the scale up to the rounding of exp where XLA folds the concrete call's coverage
+    # into constants).
     for spec, constraints, shapes, block in [
-      ("b, h, w, 2", ("h >= 4", "w >= 4"), [(2, 4, 4, 2), (1, 5, 31, 2)], 4),
       ("b, l", ("l >= 5",), [(3, 5), (1, 1001)], 5),
       ("d, h, w", ("d >= 2", "h >= 2", "w >= 2"), [(2, 2, 2), (7, 3, 9)], 2),
     ]:
-      axes = (1, 2) if spec.startswith("b, h") else (1,) if spec == "b, l" else (0, 1, 2)
+      axes = (1,) if spec == "b, l" else (0, 1, 2)
       f = lambda k, x: jaxdrop.drop_block(k, x, 0.2, block, spatial_axes=axes)  # noqa: B023
       artifact = reloaded(f, KEY, symbolic(spec, constraints=constraints))
       for shape in shapes:
@@ -209,8 +215,10 @@ def _attention(implementation, *, lengths=False, bias=False, mask=False, **kwarg
   return f
 
 
-@pytest.mark.parametrize("implementation", ["xla", "chunked"])
-@pytest.mark.parametrize("options", ATTENTION_OPTIONS)
+@pytest.mark.parametrize(
+  "implementation,options",
+  [("chunked", "causal, lengths"), ("chunked", "bias and mask"), ("xla", "causal, lengths")],
+)
 def test_attention_exports_with_symbolic_batch_and_lengths(implementation, options):
   """T and S are different symbols; chunks of 8 make several blocks and padding at the
   second size (where the gradient is compared too). Against the direct call, bit for bit
@@ -218,7 +226,7 @@ def test_attention_exports_with_symbolic_batch_and_lengths(implementation, optio
   options = ATTENTION_OPTIONS[options]
   arrays = {name: options.get(name, False) for name in ("bias", "mask")}
   f = _attention(implementation, **options)
-  artifact = reloaded(f, *_attention_specs(**arrays))
+  artifact = reloaded(f, *_attention_specs(**arrays), vjp_order=1)
   for i, size in enumerate(((1, 5, 7), (3, 20, 13))):
     args = _attention_args(*size, **arrays)
     exact = implementation == "chunked"
@@ -228,7 +236,10 @@ def test_attention_exports_with_symbolic_batch_and_lengths(implementation, optio
 def test_attention_mask_of_the_exported_call_is_dropouts_mask():
   """With the identity as values (head size S) the output is the dropped weights themselves:
   its zeros are `jaxdrop.dropout`'s mask on the (B, N, T, S) weights, drawn at the served size."""
-  for implementation, dims in (("chunked", ()), ("chunked", (0, 1))):  # xla calls dropout
+  # Chunked (xla calls dropout itself), with a mask shared over batch and heads: the rows and
+  # columns of each block's mask come from symbolic offsets. (Its unshared mask is the direct
+  # call's, bit for bit, above.)
+  for implementation, dims in (("chunked", (0, 1)),):
     f = lambda q, k, v: jaxdrop.dot_product_attention(  # noqa: B023
       q,
       k,
@@ -301,6 +312,8 @@ def test_nnx_attention_fn_exports_where_flax_attention_does(train):
 
     pure = nnx.to_pure_dict(state)
     artifact = reloaded(f, pure, symbolic("b, t, 16"))
+    if attention_fn is nnx.dot_product_attention:
+      continue  # the control: Flax's own attention exports here
     for shape in ((1, 5, 16), (3, 12, 16)):
       x = jax.random.normal(jax.random.key(shape[1]), shape)
       (y, new_state), (expected, expected_state) = artifact.call(pure, x), jax.jit(f)(pure, x)
@@ -326,6 +339,8 @@ def test_linen_attention_fn_exports_where_flax_attention_does(deterministic):
       return layer.apply(params, x, deterministic=deterministic, rngs={"dropout": key})  # noqa: B023
 
     artifact = reloaded(f, params, KEY, x_spec)
+    if attention_fn is nn.dot_product_attention:
+      continue  # the control: Flax's own attention exports here
     for shape in ((1, 5, 16), (3, 12, 16)):
       x = jax.random.normal(jax.random.key(shape[1]), shape)
       y, expected = artifact.call(params, KEY, x), jax.jit(f)(params, KEY, x)
