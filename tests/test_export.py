@@ -261,6 +261,14 @@ def test_attention_mask_of_the_exported_call_is_dropouts_mask():
       np.testing.assert_array_equal(jnp.moveaxis(out, 2, 1) != 0, kept)
 
 
+def test_a_symbolic_head_size_needs_a_scale():
+  f = lambda q, k, v: jaxdrop.dot_product_attention(q, k, v)
+  with pytest.raises(ValueError, match="scale must be given when the head size is symbolic"):
+    export.export(jax.jit(f))(*symbolic("b, t, 2, h", "b, t, 2, h", "b, t, 2, h"))
+  g = lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, scale=0.5)
+  export.export(jax.jit(g))(*symbolic("b, t, 2, h", "b, t, 2, h", "b, t, 2, h"))
+
+
 @pytest.mark.parametrize(
   "spec_q,spec_k,picked",
   [
