@@ -46,18 +46,17 @@ def coverage_table(sizes: Sequence[Any], block: int) -> tuple[np.ndarray, jax.Ar
   (the products of one count per axis, each 1 to `block`; the first is 1) and the fraction
   of positions covered by each (0 where a count does not occur).
 
-  Built from the sizes as traced values, so that they may be symbolic (`jax.export`) and
-  the seed rate is then solved by the same operations at every size. Along an axis of
-  length ``L`` the centres ``c`` number ``M = L - b + 1``; the coverage rises 1, 2, ... to
-  ``K = min(b, M)`` from each end, and the ``L - 2 (K - 1)`` middle positions have ``K``.
+  Counted in the graph from each axis's `_coverage` (the draw's own per-position counts), so
+  that the sizes may be symbolic (`jax.export`) and the seed rate is solved by the same
+  operations at every size.
   """
   counts = np.arange(1, block + 1)
   fractions = []
   for size in sizes:
-    length = jnp.asarray(size, jnp.int32)
-    most = jnp.minimum(block, length - block + 1)
-    per_count = jnp.where(counts < most, 2, jnp.where(counts == most, length - 2 * (most - 1), 0))
-    fractions.append(per_count.astype(jnp.float32) / length.astype(jnp.float32))
+    per_count = jnp.sum(
+      _coverage(size, block, jnp)[:, None] == counts[None, :], axis=0, dtype=jnp.int32
+    )
+    fractions.append(per_count.astype(jnp.float32) / jnp.asarray(size, jnp.float32))
   n = np.asarray([math.prod(c) for c in itertools.product(counts, repeat=len(sizes))], np.float32)
   w = functools.reduce(lambda w, f: (w[:, None] * f[None, :]).reshape(-1), fractions)
   return n, w

@@ -296,6 +296,11 @@ def test_the_default_rule_decides_without_comparing_symbolic_sizes(spec_q, spec_
   assert program(None) == program(picked)
 
 
+def _data(a):
+  """An array, or a key array's data (keys compare by their words)."""
+  return jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+
+
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_nnx_attention_fn_exports_where_flax_attention_does(train):
   for attention_fn in (nnx.dot_product_attention, jaxdrop.nnx.attention_fn):
@@ -326,11 +331,8 @@ def test_nnx_attention_fn_exports_where_flax_attention_does(train):
       x = jax.random.normal(jax.random.key(shape[1]), shape)
       (y, new_state), (expected, expected_state) = artifact.call(pure, x), jax.jit(f)(pure, x)
       np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
-      data = lambda a: (
-        jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a
-      )
       jax.tree.map(
-        lambda a, b: np.testing.assert_array_equal(data(a), data(b)), new_state, expected_state
+        lambda a, b: np.testing.assert_array_equal(_data(a), _data(b)), new_state, expected_state
       )
 
 
