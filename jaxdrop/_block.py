@@ -46,17 +46,21 @@ def coverage_table(sizes: Sequence[Any], block: int) -> tuple[np.ndarray, jax.Ar
   (the products of one count per axis, each 1 to `block`; the first is 1) and the fraction
   of positions covered by each (0 where a count does not occur).
 
-  Counted in the graph from each axis's `_coverage` (the draw's own per-position counts), so
-  that the sizes may be symbolic (`jax.export`) and the seed rate is solved by the same
-  operations at every size.
+  Built from the sizes as traced values, so that they may be symbolic (`jax.export`) and
+  the seed rate is then solved by the same operations at every size. Along an axis of
+  length ``L`` the centres ``c`` number ``M = L - b + 1``; the coverage rises 1, 2, ... to
+  ``K = min(b, M)`` from each end, and the ``L - 2 (K - 1)`` middle positions have ``K``.
+  (Closed form rather than counting `_coverage`: counting compares every position with every
+  count, a per-element temporary that ``test_jax_pins`` forbids; the test suite checks the two
+  agree.)
   """
   counts = np.arange(1, block + 1)
   fractions = []
   for size in sizes:
-    per_count = jnp.sum(
-      _coverage(size, block, jnp)[:, None] == counts[None, :], axis=0, dtype=jnp.int32
-    )
-    fractions.append(per_count.astype(jnp.float32) / jnp.asarray(size, jnp.float32))
+    length = jnp.asarray(size, jnp.int32)
+    most = jnp.minimum(block, length - block + 1)
+    per_count = jnp.where(counts < most, 2, jnp.where(counts == most, length - 2 * (most - 1), 0))
+    fractions.append(per_count.astype(jnp.float32) / length.astype(jnp.float32))
   n = np.asarray([math.prod(c) for c in itertools.product(counts, repeat=len(sizes))], np.float32)
   w = functools.reduce(lambda w, f: (w[:, None] * f[None, :]).reshape(-1), fractions)
   return n, w

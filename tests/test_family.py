@@ -345,6 +345,15 @@ class TestDropBlock:
     gamma = float(seed_rate(np.float32(rate), *coverage_table(sizes, b)))
     assert gamma == pytest.approx(low, rel=2e-5), (gamma, low)
 
+  def test_coverage_table_counts_the_draws_coverage(self):
+    # The table's closed form against counting `_coverage` position by position, for every
+    # size up to 40 and block up to the size (sizes traced, as under jax.export).
+    for b in range(1, 13):
+      sizes = np.arange(b, 41)
+      w = jax.jit(jax.vmap(lambda s: coverage_table([s], b)[1]))(sizes)
+      counted = [np.bincount(_coverage(int(s), b), minlength=b + 1)[1:] / s for s in sizes]
+      np.testing.assert_allclose(np.asarray(w), np.asarray(counted), rtol=1e-6, err_msg=f"b={b}")
+
   def test_output_is_unbiased_at_every_position(self):
     maps, size, b = 8192, 9, 3
     y = np.asarray(jaxdrop.drop_block(KEY, jnp.ones((maps, size, size, 1)), 0.3, b), np.float64)
