@@ -82,7 +82,7 @@ class MaskSource(NamedTuple):
   """Where a mask's bits come from: the two key words and, for a block of a larger array
   (inside `shard_map`), the block's offset along each axis of the global array."""
 
-  words: jax.Array
+  words: jax.Array | tuple[jax.Array, jax.Array]  # ``uint32[2]``, or its two entries (a kernel's)
   offsets: tuple[jax.Array, ...] | None = None
 
 
@@ -151,7 +151,9 @@ def _uint32(size: int) -> jax.Array | np.uint32:
   return np.uint32(size)
 
 
-def row_keys(words: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
+def row_keys(
+  words: jax.Array | tuple[jax.Array, jax.Array], row: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """The two words keying each row: Threefry-2x32 of the row's flat index under the mask words."""
   return threefry2x32(words[0], words[1], row, jnp.zeros_like(row))
 
@@ -242,11 +244,21 @@ def _host_threshold(rate: float, dtype: DTypeLike) -> Threshold:
   return Threshold(t, any_kept, *realised, np.bool_(True))
 
 
+def round_half_even(v: jax.Array) -> jax.Array:
+  """`jnp.round` of a non-negative float, from `floor` (Pallas' Triton lowering has no
+  `round`): ``v + 1/2`` is exact below ``2**mantissa``, where a tie (a remainder of exactly
+  1/2) goes to the even neighbour; from there on every float is an integer."""
+  r = jnp.floor(v + 0.5)
+  odd = r - 2 * jnp.floor(r * 0.5) == 1
+  r = jnp.where((r - v == 0.5) & odd, r - 1, r)
+  return jnp.where(v >= 2.0 ** jnp.finfo(v.dtype).nmant, v, r)
+
+
 def _traced_threshold(rate: jax.Array, dtype: DTypeLike) -> Threshold:
   """The threshold of a traced rate: exact for the rate's value in `dtype` (float32 holds a
   rate to 24 significant bits, so float32 rates within 2**-25 of 1 are 1)."""
   rate = jnp.asarray(rate, dtype)
-  t = jnp.round(rate * np.asarray(_TWO32, dtype))
+  t = round_half_even(rate * np.asarray(_TWO32, dtype))
   t = jnp.where(rate > 0, jnp.maximum(t, 1), 0)
   # The largest threshold below 2**32 that is an integer in `dtype` (2**32 - 256 in float32).
   largest = np.minimum(np.nextafter(np.asarray(_TWO32, dtype), 0), np.asarray(_TWO32 - 1, dtype))
@@ -353,7 +365,14 @@ def keep_mask(
   vectorises to one instruction where an unsigned one takes three.
   """
   bits = jax.lax.bitcast_convert_type(_flipped_bits(source, layout), jnp.int32)
-  threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
+  # A concrete rate's threshold is converted on the host: Pallas' Triton lowering cannot
+  # bitcast a constant.
+  if isinstance(t, np.generic):
+    threshold: Any = np.asarray(t ^ _SIGN).view(np.int32)[()]
+  else:
+    threshold = jax.lax.bitcast_convert_type(t ^ _SIGN, jnp.int32)
+  if isinstance(any_kept, np.bool_) and any_kept:  # concrete: no `& True` per element
+    return bits >= threshold
   return (bits >= threshold) & any_kept
 
 

@@ -192,6 +192,30 @@ def test_traced_rates_use_the_float32_value(rate):
   )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_traced_thresholds_round_as_numpy_does(dtype):
+  # The traced threshold rounds with `floor` (Pallas' Triton lowering has no `round`): it must
+  # equal np.round (half to even) on 10**6 random values of rate * 2**32 and on every half
+  # integer, power of two and their neighbours up to 2**33.
+  bits = np.uint32 if dtype == np.float32 else np.uint64
+  top = np.array(2.0**33, dtype).view(bits)
+  v = np.random.default_rng(0).integers(0, top, 10**6, dtype=bits).view(dtype)
+  edges = np.concatenate(
+    [
+      np.arange(0, 64, 0.5),
+      2.0 ** np.arange(34),
+      2.0 ** np.arange(34) - 0.5,
+      2.0 ** np.arange(34) + 0.5,
+    ]
+  ).astype(dtype)
+  v = np.concatenate([v, edges, np.nextafter(edges, dtype(0)), np.nextafter(edges, dtype(2**34))])
+  with jax.enable_x64(dtype == np.float64):
+    got = np.asarray(jax.jit(_mask.round_half_even)(v))
+  assert got.dtype == dtype
+  bad = got != np.round(v)
+  assert not bad.any(), (v[bad][:5], got[bad][:5])
+
+
 def test_traced_rate_resolution_near_one():
   # float32 cannot hold 1 - 1e-8: traced, it is 1 and drops every unit (as
   # docs/concepts/mask_stream.md says).
