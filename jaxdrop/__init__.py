@@ -26,8 +26,9 @@ from ._weights import drop_connect as drop_connect
 
 __version__ = "0.1.0"
 
-# Framework adapters, imported (with their framework) on first use: `jaxdrop.nnx.Dropout`.
-_ADAPTERS = ("nnx", "linen", "equinox", "haiku")
+# Framework adapters, imported (with their framework) on first use: `jaxdrop.nnx.Dropout`;
+# and the mask for kernels, `jaxdrop.pallas`.
+_ADAPTERS = ("nnx", "linen", "equinox", "haiku", "pallas")
 
 
 def __getattr__(name: str) -> _ModuleType:

@@ -13,12 +13,12 @@ import pytest
 import jaxdrop
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-ADAPTERS = ("nnx", "linen", "equinox", "haiku")
+SUBMODULES = ("nnx", "linen", "equinox", "haiku", "pallas")
 
 
 def public_names():
   names = [f"jaxdrop.{n}" for n in jaxdrop.__all__ if not n.startswith("__")]
-  for module in ADAPTERS:
+  for module in SUBMODULES:
     names += [f"jaxdrop.{module}.{n}" for n in importlib.import_module(f"jaxdrop.{module}").__all__]
   return names
 

@@ -79,6 +79,14 @@ ADAPTERS = {
 }
 
 
+def test_pallas_surface():
+  # Loaded on first use like the adapters; importing it imports no Pallas.
+  assert sorted(jaxdrop.pallas.__all__) == ["dropout_block", "keep_block", "mask_words"]
+  code = "import sys, jaxdrop.pallas; print('jax.experimental.pallas' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
+
+
 def test_framework_adapters_surface():
   for adapter, names in ADAPTERS.items():
     module = getattr(jaxdrop, adapter)  # imported on first use
@@ -113,7 +121,7 @@ def _annotated_targets():
   """(name, function) for every public callable of jaxdrop and its adapters; for a class, its
   ``__init__`` and ``__call__`` where jaxdrop defines them (not those inherited from Flax or
   Equinox, nor NamedTuple's)."""
-  modules = [jaxdrop] + [getattr(jaxdrop, adapter) for adapter in ADAPTERS]
+  modules = [jaxdrop, jaxdrop.pallas] + [getattr(jaxdrop, adapter) for adapter in ADAPTERS]
   for module in modules:
     for name in module.__all__:
       if name == "__version__":
