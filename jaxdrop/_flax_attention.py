@@ -93,9 +93,9 @@ def flax_attention(
   deterministic: bool | ArrayLike,
   precision: jax.lax.PrecisionLike,
   is_causal: bool,
-  implementation: Literal["xla", "chunked"] | None,
-  query_chunk_size: int,
-  key_chunk_size: int,
+  implementation: Literal["xla", "chunked", "pallas"] | None,
+  query_chunk_size: int | None,
+  key_chunk_size: int | None,
 ) -> jax.Array:
   """`dot_product_attention` called with Flax's arguments; see the module docstring."""
   if query.ndim < 3:

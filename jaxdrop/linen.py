@@ -309,9 +309,9 @@ def attention_fn(
   attn_weights_value_einsum: Callable[..., jax.Array] | None = None,
   *,
   is_causal: bool = False,
-  implementation: Literal["xla", "chunked"] | None = None,
-  query_chunk_size: int = 512,
-  key_chunk_size: int = 512,
+  implementation: Literal["xla", "chunked", "pallas"] | None = None,
+  query_chunk_size: int | None = None,
+  key_chunk_size: int | None = None,
 ) -> jax.Array:
   """``nn.dot_product_attention``'s signature over `jaxdrop.dot_product_attention`.
 

@@ -458,9 +458,9 @@ def attention_fn(
   promote_dtype: PromoteDtypeFn = _flax_dtypes.promote_dtype,
   is_causal: bool = False,
   *,
-  implementation: Literal["xla", "chunked"] | None = None,
-  query_chunk_size: int = 512,
-  key_chunk_size: int = 512,
+  implementation: Literal["xla", "chunked", "pallas"] | None = None,
+  query_chunk_size: int | None = None,
+  key_chunk_size: int | None = None,
 ) -> jax.Array:
   """``nnx.dot_product_attention``'s signature over `jaxdrop.dot_product_attention`.
 

@@ -211,7 +211,7 @@ def _revealed_weights(impl, rate, broadcast_dims=(), batched=True, **options):
   return weights, jnp.moveaxis(plain, -2, -3)
 
 
-@pytest.mark.parametrize("impl", ["xla", "chunked"])
+@pytest.mark.parametrize("impl", ["xla", "chunked", "pallas"])
 @pytest.mark.parametrize(
   "broadcast_dims,batched", [((), True), ((0, 1), True), ((1,), True), ((), False), ((0,), False)]
 )
@@ -243,7 +243,7 @@ def test_dropped_fraction_of_weights_is_binomial():
   assert abs(dropped - n * rate) <= Z * math.sqrt(n * rate * (1 - rate)), (dropped, n * rate)
 
 
-@pytest.mark.parametrize("impl", ["xla", "chunked"])
+@pytest.mark.parametrize("impl", ["xla", "chunked", "pallas"])
 def test_traced_rate_and_deterministic_do_not_retrace(impl):
   q, k, v = _inputs()
   traces = []

@@ -20,7 +20,8 @@ from .._mask import drop_threshold
 from ._chunked import _chunked_attention, _partitioned_inside
 from ._reference import _xla_attention
 
-IMPLEMENTATIONS = ("xla", "chunked")
+IMPLEMENTATIONS = ("xla", "chunked", "pallas")
+_CHUNK_DEFAULT = 512  # the chunked implementation's block sizes
 
 # Above this many attention weights per call (B * N * T * S) the default implementation is
 # "chunked": 2**24 float32 weights are 64 MiB, plus as much again for their gradient.
@@ -70,10 +71,34 @@ def _weights_spec(
   return jax.sharding.PartitionSpec(entries[0], entries[2], None, None)
 
 
-def _chunk_size(value: object, name: str) -> int:
+def _chunk_size(value: object, name: str) -> int | None:
+  if value is None:
+    return None
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
   return int(value)
+
+
+def _pallas_arguments(
+  q: jax.Array, k: jax.Array, bias: jax.Array | None, mask: jax.Array | None
+) -> None:
+  """What the Pallas kernels cannot take, as errors naming the argument."""
+  for name, value in (("bias", bias), ("mask", mask)):
+    if value is not None:
+      raise ValueError(
+        f"implementation='pallas' does not take a {name} yet; pass implementation='chunked' "
+        f"(no (T, S) array built) or 'xla', or express it with is_causal, query_seq_lengths "
+        "and key_value_seq_lengths"
+      )
+  axes = ("batch", "length", "heads", "head size")
+  for name, shape in (("query", q.shape), ("key", k.shape)):
+    for axis, size in zip(axes, shape):
+      if jax.export.is_symbolic_dim(size):
+        raise ValueError(
+          f"implementation='pallas' needs concrete sizes (its kernels' grid and blocks are "
+          f"fixed when they are compiled), got {name} {axis} {size} (symbolic, jax.export); "
+          "pass implementation='chunked', which takes symbolic batch and lengths"
+        )
 
 
 def _default_implementation(weights_shape: tuple[Any, ...]) -> Literal["xla", "chunked"]:
@@ -103,9 +128,9 @@ def dot_product_attention(
   is_causal: bool = False,
   query_seq_lengths: ArrayLike | None = None,
   key_value_seq_lengths: ArrayLike | None = None,
-  implementation: Literal["xla", "chunked"] | None = None,
-  query_chunk_size: int = 512,
-  key_chunk_size: int = 512,
+  implementation: Literal["xla", "chunked", "pallas"] | None = None,
+  query_chunk_size: int | None = None,
+  key_chunk_size: int | None = None,
   shard_spec: jax.sharding.PartitionSpec | None = None,
 ) -> jax.Array:
   r"""Scaled dot-product attention with dropout on the attention weights.
@@ -120,7 +145,7 @@ def dot_product_attention(
   dropped with probability `dropout_rate` and the kept ones are scaled by
   ``1 / (1 - rate)``; the mask is exactly the one ``jaxdrop.dropout(dropout_key, weights,
   dropout_rate, broadcast_dims=broadcast_dims)`` draws on the ``(B, N, T, S)`` weights
-  (``(N, T, S)`` for unbatched input), in both implementations. The derivative is that of
+  (``(N, T, S)`` for unbatched input), in every implementation. The derivative is that of
   the same function with the mask held fixed.
 
   With ``implementation="chunked"`` no ``(T, S)`` array is built, forward or backward:
@@ -136,6 +161,16 @@ def dot_product_attention(
   in float32 too. A ``(T, S)``
   bias or mask is an input of that size, and a bias gets a gradient of its own shape; the
   chunked implementation builds no other ``(T, S)`` array.
+
+  ``implementation="pallas"`` runs the chunked algorithm as Pallas kernels (FlashAttention-2:
+  a forward kernel, a dq and a dk/dv kernel) that draw each block's mask inside the kernel
+  from the same stream: Triton on GPU, Mosaic on TPU, interpret mode on CPU (slow; for tests
+  and development), chosen for the platform the call is compiled for. Its block sizes are
+  ``query_chunk_size`` and ``key_chunk_size`` rounded up to what the backend tiles (default
+  64 x 64 on GPU, 128 x 128 on TPU). It takes no `bias` or `mask` yet (use `is_causal` and
+  the lengths, or ``"chunked"``), needs concrete sequence lengths, and is reverse mode only.
+  On GPU and TPU it is compiled in the tests but not yet measured on the hardware; None
+  never picks it.
 
   Args:
     query: ``(B, T, N, H)`` or ``(T, N, H)``, a floating array.
@@ -158,9 +193,10 @@ def dot_product_attention(
     query_seq_lengths: an int array of shape ``(B,)``; query rows at or beyond it are padding,
       and the output is 0 there.
     key_value_seq_lengths: an int array of shape ``(B,)``; keys at or beyond it are masked.
-    implementation: ``"xla"``, ``"chunked"`` or None (see above).
-    query_chunk_size: the chunked implementation's block size along the queries.
-    key_chunk_size: the chunked implementation's block size along the keys.
+    implementation: ``"xla"``, ``"chunked"``, ``"pallas"`` or None (see above).
+    query_chunk_size: the block size along the queries of ``"chunked"`` (None: 512) and
+      ``"pallas"`` (None: the backend's).
+    key_chunk_size: the block size along the keys, likewise.
     shard_spec: only inside `jax.shard_map`, where the arguments are blocks of global
       arrays: `query`'s entry of ``in_specs``, so that each block draws its part of the
       global mask. It may split the batch and head axes (key and value split alike); the
@@ -263,6 +299,8 @@ def dot_product_attention(
     dropout_key = require_key("dot_product_attention", dropout_key, dropout_rate, deterministic)
   if implementation is None:
     implementation = _default_implementation(weights_shape)
+  if implementation == "pallas":
+    _pallas_arguments(q, k, bias, mask)
   if t == 0 or s == 0:
     implementation = "xla"  # nothing to chunk: the materialised version handles empty axes
   if implementation == "xla":
@@ -299,31 +337,43 @@ def dot_product_attention(
         block_offsets, mask_global = block_position(weights_spec, weights_shape, dims)
         offsets = block_offsets[:2]  # the sequence axes are whole
       drop = (*params, offsets)
+    options: dict[str, Any] = {
+      "scale": scale,
+      "is_causal": is_causal,
+      "mask_shape": mask_shape,
+      "mask_global": tuple(mask_global),
+      "dropout_on": dropout_on,
+    }
     try:
-      out = _partitioned_inside(_chunked_attention, q)(
-        q,
-        k,
-        v,
-        bias,
-        mask,
-        q_lengths,
-        k_lengths,
-        words,
-        drop,
-        scale=scale,
-        is_causal=is_causal,
-        mask_shape=mask_shape,
-        mask_global=tuple(mask_global),
-        dropout_on=dropout_on,
-        q_chunk=q_chunk,
-        k_chunk=k_chunk,
-      )
+      if implementation == "pallas":
+        from ._pallas import pallas_attention  # Pallas is imported when first used
+
+        # On a mesh, a kernel is one custom call XLA does not partition: it runs on gathered
+        # inputs (explicit axes made auto for it, as for chunked), correct but not split.
+        out = _partitioned_inside(pallas_attention, q)(
+          q, k, v, q_lengths, k_lengths, words, drop, block_q=q_chunk, block_k=k_chunk, **options
+        )
+      else:
+        out = _partitioned_inside(_chunked_attention, q)(
+          q,
+          k,
+          v,
+          bias,
+          mask,
+          q_lengths,
+          k_lengths,
+          words,
+          drop,
+          q_chunk=q_chunk or _CHUNK_DEFAULT,
+          k_chunk=k_chunk or _CHUNK_DEFAULT,
+          **options,
+        )
     except TypeError as err:
       if _JAX_JVP_ERROR not in str(err):
         raise
       raise TypeError(
-        "jaxdrop.dot_product_attention with implementation='chunked' has a hand-written "
-        "reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
+        f"jaxdrop.dot_product_attention with implementation={implementation!r} has a "
+        "hand-written reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
         "jax.linearize or second derivatives pass implementation='xla' (the same mask)"
       ) from err
   return out if batched else out[0]

@@ -1,0 +1,192 @@
+"""dot_product_attention(implementation="pallas"): the Pallas kernels, in interpret mode on this
+CPU, against "xla" with the same key (values and gradients), and lowered for GPU (Triton) and
+TPU (Mosaic) so that a kernel either backend cannot compile fails here.
+
+Small shapes only (interpret mode is slow); the wide matrix of options and a model trained
+with the kernels run in their own CI step, tests/pallas. Upstream tests covered: JAX's
+`tests/pallas/gpu_ops_test.py` (FusedAttentionTest: causal, batch and head sizes, forward and
+backward against the reference) and `tests/pallas/tpu_flash_attention_test.py`; unlike them,
+the reference here has the same dropout mask.
+"""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import pytest
+from test_attention import DROP_KEY, _attend, _close, _grads, _inputs, _jax_nn, _options
+
+import jaxdrop
+
+TRITON = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+TPU = jax.export.DisabledSafetyCheck.custom_call("tpu_custom_call")
+
+
+@pytest.mark.parametrize(
+  "kind,heads_k,rate",
+  [
+    ("plain", 2, 0.5),
+    ("causal", 1, 0.5),
+    ("lengths", 2, 0.5),
+    ("causal", 4, 0.1),
+    ("plain", 2, 1.0),
+  ],
+)
+def test_pallas_equals_xla_with_dropout(kind, heads_k, rate):
+  # T = 19, S = 13 in blocks of 8 and 5 (rounded up to 8 in interpret mode): partial blocks.
+  q, k, v = _inputs(k=heads_k)
+  options = _options(kind, 2, 4, 19, 13)
+  out = _attend(q, k, v, "pallas", rate, **options)
+  _close(out, _attend(q, k, v, "xla", rate, **options), rtol=1e-5, atol=1e-6)
+  ours = _grads(lambda *a, **o: _attend(*a, "pallas", rate, **o), q, k, v, dict(options))
+  ref = _grads(lambda *a, **o: _attend(*a, "xla", rate, **o), q, k, v, dict(options))
+  _close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_pallas_without_dropout_equals_jax_nn():
+  q, k, v = _inputs()
+  options = _options("lengths", 2, 4, 19, 13)
+  expected = _jax_nn(q, k, v, **options, implementation="xla")
+  attend = jax.jit(
+    lambda q, k, v, det: jaxdrop.dot_product_attention(
+      q, k, v, **options, dropout_key=DROP_KEY, dropout_rate=0.5, deterministic=det,
+      implementation="pallas",
+    )
+  )  # fmt: skip
+  _close(attend(q, k, v, jnp.bool_(True)), expected, rtol=1e-5, atol=1e-6)
+  _close(_attend(q, k, v, "pallas", 0.0, **options), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 3e-2), (jnp.float16, 5e-3)])
+def test_half_precision_pallas_close_to_xla(dtype, tol):
+  q, k, v = _inputs(dtype=dtype)
+  options = _options("lengths", 2, 4, 19, 13)
+  out = _attend(q, k, v, "pallas", 0.2, **options)
+  assert out.dtype == dtype
+  _close(out, _attend(q, k, v, "xla", 0.2, **options), rtol=tol, atol=tol)
+  grads = _grads(lambda *a, **o: _attend(*a, "pallas", 0.2, **o), q, k, v, dict(options))
+  assert all(g.dtype == dtype for g in grads)
+  _close(
+    grads,
+    _grads(lambda *a, **o: _attend(*a, "xla", 0.2, **o), q, k, v, dict(options)),
+    rtol=4 * tol,
+    atol=4 * tol,
+  )
+
+
+def test_block_sizes_follow_each_backend():
+  from jaxdrop._attention._pallas import block_sizes
+
+  # Mosaic TPU tiles queries by 8 and keys by 128; Triton needs powers of two from 16.
+  assert block_sizes("mosaic", 1000, 3000, None, None) == (128, 128)
+  assert block_sizes("mosaic", 19, 13, 8, 5) == (8, 128)
+  assert block_sizes("mosaic", 19, 13, 30, 200) == (24, 128)
+  assert block_sizes("triton", 1000, 3000, None, None) == (64, 64)
+  assert block_sizes("triton", 19, 13, 8, 5) == (16, 16)
+  assert block_sizes("triton", 1000, 3000, 100, 33) == (128, 64)
+  assert block_sizes("interpret", 19, 13, 8, 5) == (8, 5)
+  assert block_sizes("interpret", 19, 13, None, None) == (24, 16)
+
+
+def _subjaxprs(params):
+  """The jaxprs among an equation's parameters (loop bodies, branches, kernels)."""
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def _kernel_jaxprs(fn, *args):
+  """The jaxprs of the pallas_calls `fn` makes (the kernels' bodies)."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "pallas_call":
+        found.append(eqn.params["jaxpr"])
+      for sub in _subjaxprs(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def test_mask_integer_operations_per_weight():
+  # docs/guides/attention.md quotes this count beside the matrix products' 4 H FLOPs per weight:
+  # the integer and boolean operations on (block_q, block_k) arrays in the forward kernel.
+  q = jnp.ones((1, 64, 2, 32))
+  attend = lambda q, rate: jaxdrop.dot_product_attention(
+    q, q, q, dropout_key=DROP_KEY, dropout_rate=rate, implementation="pallas"
+  )
+  counts = []
+  for rate in (0.1, 0.0):
+    kernel = _kernel_jaxprs(lambda q: attend(q, rate), q)[0]
+    ops = []
+
+    def walk(jaxpr, ops=ops):
+      for eqn in jaxpr.eqns:
+        aval = eqn.outvars[0].aval if eqn.outvars else None
+        if (
+          aval is not None
+          and aval.shape == (64, 64)
+          and not jnp.issubdtype(aval.dtype, jnp.floating)
+          and eqn.primitive.name not in ("bitcast_convert_type", "broadcast_in_dim")
+        ):
+          ops.append(eqn.primitive.name)
+        for sub in _subjaxprs(eqn.params):
+          walk(sub)
+
+    walk(kernel)
+    counts.append(len(ops))
+  with_mask, without = counts
+  # The mask's 12, as in jaxdrop.pallas.keep_block (the row hash is per row of the block).
+  assert (with_mask, without) == (12, 0), (with_mask, without)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_pallas_lowers_for_gpu_and_tpu_forward_and_gradient(platform, dtype):
+  b, t, s, n, kh, h = 2, 300, 200, 4, 2, 64
+
+  def attend(q, k, v, key, rate, q_lengths):
+    return jaxdrop.dot_product_attention(
+      q, k, v, dropout_key=key, dropout_rate=rate, is_causal=True,
+      query_seq_lengths=q_lengths, implementation="pallas",
+    )  # fmt: skip
+
+  grad = jax.grad(lambda *a: jnp.sum(attend(*a).astype(jnp.float32)), (0, 1, 2))
+  args = (
+    jax.ShapeDtypeStruct((b, t, n, h), dtype),
+    jax.ShapeDtypeStruct((b, s, kh, h), dtype),
+    jax.ShapeDtypeStruct((b, s, kh, h), dtype),
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((), jnp.float32),
+    jax.ShapeDtypeStruct((b,), jnp.int32),
+  )
+  target = "tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton"
+  for fn, kernels in ((attend, 1), (grad, 3)):
+    exported = jax.export.export(jax.jit(fn), platforms=(platform,), disabled_checks=[TRITON, TPU])(
+      *args
+    )
+    assert (
+      exported.mlir_module().count(f"@{target}") + exported.mlir_module().count(f'"{target}"')
+      >= kernels
+    ), (platform, fn)
+
+
+def test_pallas_refuses_what_it_cannot_take():
+  q, k, v = _inputs()
+  for name, value in (("bias", jnp.ones((19, 13))), ("mask", jnp.ones((19, 13), bool))):
+    with pytest.raises(ValueError, match=f"implementation='pallas' does not take a {name}"):
+      jaxdrop.dot_product_attention(q, k, v, **{name: value}, implementation="pallas")
+  b, t = jax.export.symbolic_shape("b, t")
+  spec = jax.ShapeDtypeStruct((b, t, 4, 8), jnp.float32)
+  attend = jax.jit(lambda q: jaxdrop.dot_product_attention(q, q, q, implementation="pallas"))
+  with pytest.raises(ValueError, match=r"needs concrete sizes .* got query batch b"):
+    jax.export.export(attend)(spec)
+  spec = jax.ShapeDtypeStruct((2, t, 4, 8), jnp.float32)
+  with pytest.raises(ValueError, match=r"needs concrete sizes .* got query length t"):
+    jax.export.export(attend)(spec)
+  with pytest.raises(ValueError, match="query_chunk_size must be a positive integer or None"):
+    jaxdrop.dot_product_attention(q, k, v, implementation="pallas", query_chunk_size=0)
