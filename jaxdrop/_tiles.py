@@ -82,8 +82,6 @@ def _block_layout(
       f"global_shape={global_shape} must have one size per axis of shape={shape} "
       f"({len(shape)} axes)"
     )
-  if any(b > g for b, g in zip(shape, global_shape)):
-    raise ValueError(f"shape={shape} must fit in global_shape={global_shape} on every axis")
   if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Sequence):
     raise TypeError(
       f"offsets must be a sequence of integers (one per axis), got {type(offsets).__name__}"
@@ -130,8 +128,8 @@ def keep_block(
   For a block of `shape` at `offsets` in an array of `global_shape`, the result is
   ``jaxdrop.dropout(key, ones(global_shape), rate, broadcast_dims=...) != 0`` on that block,
   bit for bit (for ``0 < rate < 1``), from `words` (``mask_words(key)``) and the element
-  indices alone: one Threefry-2x32 per row of the block and about fifteen integer
-  operations per element, no random-number hardware, so it runs inside a Pallas kernel on
+  indices alone: one Threefry-2x32 per row of the block and twelve integer operations per
+  element (the comparison included), no random-number hardware, so it runs inside a Pallas kernel on
   GPU (Triton) and TPU (Mosaic) as in interpret mode.
 
   Args:
@@ -140,7 +138,8 @@ def keep_block(
     rate: the DROP probability, a number in [0, 1] or a traced scalar (read in the kernel).
       A traced rate outside [0, 1] or NaN keeps every unit (`dropout_block` then returns
       NaN, as `dropout` does).
-    shape: the block's shape.
+    shape: the block's shape; it may reach past the array's end (a power-of-two block over a
+      shorter row): the units there get bits too, which the kernel discards.
     offsets: the block's first index along each axis of the global array, integers or
       traced integer scalars (``pl.program_id(0) * block``).
     global_shape: the whole array's shape, the one `dropout` is called on.

@@ -12,6 +12,7 @@ the reference here has the same dropout mask.
 import jax
 import jax.extend
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from test_attention import DROP_KEY, _attend, _close, _grads, _inputs, _jax_nn, _options
 
@@ -29,10 +30,12 @@ TPU = jax.export.DisabledSafetyCheck.custom_call("tpu_custom_call")
     ("lengths", 2, 0.5),
     ("causal", 4, 0.1),
     ("plain", 2, 1.0),
+    ("mask", 2, 0.5),  # a fully masked row: averaged over every key, as jax.nn does
+    ("causal_mask", 1, 0.3),
   ],
 )
 def test_pallas_equals_xla_with_dropout(kind, heads_k, rate):
-  # T = 19, S = 13 in blocks of 8 and 5 (rounded up to 8 in interpret mode): partial blocks.
+  # T = 19, S = 13 in blocks of 8 and 5: partial blocks on both axes.
   q, k, v = _inputs(k=heads_k)
   options = _options(kind, 2, 4, 19, 13)
   out = _attend(q, k, v, "pallas", rate, **options)
@@ -144,14 +147,29 @@ def test_mask_integer_operations_per_weight():
   assert (with_mask, without) == (12, 0), (with_mask, without)
 
 
+def test_empty_arrays_and_64_bit_mode():
+  # An empty batch: nothing to compute, the materialised path answers.
+  q, k, v = _inputs()
+  args = [a[:0] for a in (q, k, v)]
+  np.testing.assert_array_equal(_attend(*args, "pallas", 0.3), _attend(*args, "xla", 0.3))
+  # Under jax_enable_x64 the kernels' index arithmetic stays int32.
+  with jax.enable_x64(True):
+    options = _options("causal_mask", 2, 4, 19, 13)
+    _close(_attend(q, k, v, "pallas", 0.3, **options), _attend(q, k, v, "xla", 0.3, **options),
+           rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_pallas_lowers_for_gpu_and_tpu_forward_and_gradient(platform, dtype):
-  b, t, s, n, kh, h = 2, 300, 200, 4, 2, 64
+@pytest.mark.parametrize("dtype,h", [(jnp.bfloat16, 64), (jnp.float32, 80)])
+def test_pallas_lowers_for_gpu_and_tpu_forward_and_gradient(platform, dtype, h):
+  # H = 80 is not a power of two, which Triton needs (the head size is padded for it).
+  b, t, s, n, kh = 2, 300, 200, 4, 2
+
+  mask = jnp.asarray(np.random.default_rng(0).random((1, n, t, s)) < 0.9)
 
   def attend(q, k, v, key, rate, q_lengths):
     return jaxdrop.dot_product_attention(
-      q, k, v, dropout_key=key, dropout_rate=rate, is_causal=True,
+      q, k, v, mask=mask, dropout_key=key, dropout_rate=rate, is_causal=True,
       query_seq_lengths=q_lengths, implementation="pallas",
     )  # fmt: skip
 
@@ -177,9 +195,16 @@ def test_pallas_lowers_for_gpu_and_tpu_forward_and_gradient(platform, dtype):
 
 def test_pallas_refuses_what_it_cannot_take():
   q, k, v = _inputs()
-  for name, value in (("bias", jnp.ones((19, 13))), ("mask", jnp.ones((19, 13), bool))):
-    with pytest.raises(ValueError, match=f"implementation='pallas' does not take a {name}"):
-      jaxdrop.dot_product_attention(q, k, v, **{name: value}, implementation="pallas")
+  with pytest.raises(ValueError, match="implementation='pallas' does not take a bias"):
+    jaxdrop.dot_product_attention(q, k, v, bias=jnp.ones((19, 13)), implementation="pallas")
+  loss = lambda q: jnp.sum(
+    jaxdrop.dot_product_attention(q, k, v, dropout_key=DROP_KEY, dropout_rate=0.3,
+                                  implementation="pallas") ** 2
+  )  # fmt: skip
+  with pytest.raises(TypeError, match="second derivatives .* pass implementation='xla'"):
+    jax.grad(lambda q: jnp.sum(jax.grad(loss)(q)))(q)
+  with pytest.raises(TypeError, match="implementation='pallas' has a hand-written"):
+    jax.jvp(loss, (q,), (q,))
   b, t = jax.export.symbolic_shape("b, t")
   spec = jax.ShapeDtypeStruct((b, t, 4, 8), jnp.float32)
   attend = jax.jit(lambda q: jaxdrop.dot_product_attention(q, q, q, implementation="pallas"))

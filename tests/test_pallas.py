@@ -74,8 +74,9 @@ def test_kernel_equals_dropout(rate, dtype):
   np.testing.assert_array_equal(y, jaxdrop.dropout(KEY, x, rate))
 
 
-@pytest.mark.parametrize("block", [(4, 8), (20, 4), (1, 44), (16, 32)])
+@pytest.mark.parametrize("block", [(4, 8), (20, 4), (1, 44), (16, 32), (32, 64)])
 def test_mask_does_not_depend_on_the_block_shape(block):
+  # (32, 64) is larger than the array: one power-of-two block over it, as Triton wants.
   x = _x((20, 44))
   np.testing.assert_array_equal(kernel_dropout(x, 0.3, block), jaxdrop.dropout(KEY, x, 0.3))
 
@@ -184,7 +185,6 @@ def _block(**changes):
   "call,error,match",
   [
     (_block(global_shape=(4,)), ValueError, r"global_shape=\(4,\) must have one size per axis"),
-    (_block(shape=(5, 3)), ValueError, r"shape=\(5, 3\) must fit in global_shape"),
     (_block(offsets=(0,)), ValueError, r"offsets must have one entry per axis"),
     (_block(offsets=3), TypeError, r"offsets must be a sequence"),
     (_block(offsets=(0.5, 0)), TypeError, r"offsets must be integer scalars"),

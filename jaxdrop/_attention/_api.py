@@ -79,17 +79,14 @@ def _chunk_size(value: object, name: str) -> int | None:
   return int(value)
 
 
-def _pallas_arguments(
-  q: jax.Array, k: jax.Array, bias: jax.Array | None, mask: jax.Array | None
-) -> None:
+def _pallas_arguments(q: jax.Array, k: jax.Array, bias: jax.Array | None) -> None:
   """What the Pallas kernels cannot take, as errors naming the argument."""
-  for name, value in (("bias", bias), ("mask", mask)):
-    if value is not None:
-      raise ValueError(
-        f"implementation='pallas' does not take a {name} yet; pass implementation='chunked' "
-        f"(no (T, S) array built) or 'xla', or express it with is_causal, query_seq_lengths "
-        "and key_value_seq_lengths"
-      )
+  if bias is not None:
+    raise ValueError(
+      "implementation='pallas' does not take a bias yet (its gradient would need a reduction "
+      "across kernel programs); pass implementation='chunked' (no (T, S) array built) or "
+      "'xla', or express it as a boolean mask, is_causal or the sequence lengths"
+    )
   axes = ("batch", "length", "heads", "head size")
   for name, shape in (("query", q.shape), ("key", k.shape)):
     for axis, size in zip(axes, shape):
@@ -111,6 +108,142 @@ def _default_implementation(weights_shape: tuple[Any, ...]) -> Literal["xla", "c
     return "chunked"
   count = math.prod(1 if sym else d for d, sym in zip(weights_shape, symbolic))
   return "chunked" if count > _CHUNKED_ABOVE else "xla"
+
+
+def _arrays(query: ArrayLike, key: ArrayLike, value: ArrayLike) -> tuple[Any, Any, Any, bool]:
+  """query, key and value checked, batched ``(B, T|S, heads, H)``; and whether they were."""
+  q = check.float_array(query, "query")
+  k = check.float_array(key, "key")
+  v = check.float_array(value, "value")
+  if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
+    raise ValueError(
+      "query, key and value must all be (B, T|S, heads, H) or all unbatched "
+      f"(T|S, heads, H), got shapes {q.shape}, {k.shape}, {v.shape}"
+    )
+  if not q.dtype == k.dtype == v.dtype:
+    raise TypeError(
+      f"query, key and value must share one dtype, got {q.dtype.name}, "
+      f"{k.dtype.name}, {v.dtype.name}"
+    )
+  batched = q.ndim == 4
+  if not batched:
+    q, k, v = q[None], k[None], v[None]
+  b, _, n, h = q.shape
+  if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h:
+    raise ValueError(
+      f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
+      f"query {q.shape}, got key {k.shape} and value {v.shape}"
+    )
+  if n % k.shape[2]:
+    raise ValueError(
+      f"the number of query heads ({n}) must be a multiple of the number of "
+      f"key/value heads ({k.shape[2]})"
+    )
+  return q, k, v, batched
+
+
+def _bias_and_mask(
+  bias: ArrayLike | None, mask: ArrayLike | None, weights_shape: tuple[int, ...]
+) -> tuple[jax.Array | None, jax.Array | None]:
+  """`bias` (float) and `mask` (boolean) checked and made four-dimensional."""
+  if bias is not None:
+    check.not_a_key(bias, "bias", "an additive bias")
+    bias = jnp.asarray(bias)
+    if jnp.issubdtype(bias.dtype, jnp.integer) or bias.dtype == jnp.bool_:
+      bias = bias.astype(jnp.float32)  # jax.nn adds any numeric bias to float32 logits
+    bias = _four_d(check.float_array(bias, "bias"), "bias", weights_shape)
+  if mask is not None:
+    check.not_a_key(mask, "mask", "a boolean mask")
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(
+        f"mask must be boolean (True where attention is allowed), got dtype "
+        f"{mask.dtype.name}; pass an additive mask as bias"
+      )
+    mask = _four_d(mask, "mask", weights_shape)
+  return bias, mask
+
+
+def _scale(scale: Any, h: Any) -> float:
+  """The logits' scale: `scale`, checked, or ``1 / sqrt(H)``."""
+  if scale is None and jax.export.is_symbolic_dim(h):
+    raise ValueError(
+      f"scale must be given when the head size is symbolic (jax.export), got head size {h}: "
+      "1 / sqrt(H) is a constant of the compiled program"
+    )
+  if scale is None:
+    return 1 / math.sqrt(h) if h else 1.0  # H = 0: empty logits, any scale
+  if (
+    isinstance(scale, (bool, np.bool_))
+    or check.is_traced(scale)
+    or np.ndim(scale) != 0
+    or not jnp.issubdtype(np.asarray(scale).dtype, np.number)
+  ):
+    raise TypeError(
+      f"scale must be a concrete real number (it is part of the compiled program), got {scale!r}"
+    )
+  return float(scale)
+
+
+def _blocked_dropout(
+  dropout_key: jax.Array | None,
+  rate: ArrayLike,
+  deterministic: bool | jax.Array,
+  weights_spec: jax.sharding.PartitionSpec | None,
+  weights_shape: tuple[Any, ...],
+  dims: tuple[int, ...],
+) -> tuple[jax.Array | None, Any, tuple[Any, ...]]:
+  """What the blocked implementations draw their masks from: the key words, the dropout
+  parameters ``(t, any_kept, scale, (batch_offset, head_offset))`` (None without dropout) and
+  the whole mask's shape (inside shard_map, the global one)."""
+  mask_global = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
+  if dropout_key is None:
+    return None, None, mask_global
+  params, _ = bernoulli_scalars(drop_threshold(rate), jnp.asarray(deterministic), "inverted")
+  offsets: tuple[jax.Array, ...] = (jnp.uint32(0), jnp.uint32(0))
+  if weights_spec is not None:
+    block_offsets, global_shape = block_position(weights_spec, weights_shape, dims)
+    offsets, mask_global = block_offsets[:2], tuple(global_shape)  # sequence axes whole
+  return mask_words(dropout_key), (*params, offsets), mask_global
+
+
+def _blocked(
+  implementation: str,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array | None,
+  mask: jax.Array | None,
+  q_lengths: jax.Array | None,
+  k_lengths: jax.Array | None,
+  words: jax.Array | None,
+  drop: Any,
+  chunks: tuple[int | None, int | None],
+  options: dict[str, Any],
+) -> jax.Array:
+  """``"chunked"`` or ``"pallas"`` on batched arrays, forward mode refused with the way out."""
+  try:
+    if implementation == "pallas":
+      from ._pallas import pallas_attention  # Pallas is imported when first used
+
+      # On a mesh, a kernel is one custom call XLA does not partition: it runs on gathered
+      # inputs (explicit axes made auto for it, as for chunked), correct but not split.
+      return _partitioned_inside(pallas_attention, q)(
+        q, k, v, q_lengths, k_lengths, mask, words, drop,
+        block_q=chunks[0], block_k=chunks[1], **options,
+      )  # fmt: skip
+    return _partitioned_inside(_chunked_attention, q)(
+      q, k, v, bias, mask, q_lengths, k_lengths, words, drop,
+      q_chunk=chunks[0] or _CHUNK_DEFAULT, k_chunk=chunks[1] or _CHUNK_DEFAULT, **options,
+    )  # fmt: skip
+  except TypeError as err:
+    if _JAX_JVP_ERROR not in str(err):
+      raise
+    raise TypeError(
+      f"jaxdrop.dot_product_attention with implementation={implementation!r} has a "
+      "hand-written reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
+      "jax.linearize or second derivatives pass implementation='xla' (the same mask)"
+    ) from err
 
 
 def dot_product_attention(
@@ -167,8 +300,8 @@ def dot_product_attention(
   from the same stream: Triton on GPU, Mosaic on TPU, interpret mode on CPU (slow; for tests
   and development), chosen for the platform the call is compiled for. Its block sizes are
   ``query_chunk_size`` and ``key_chunk_size`` rounded up to what the backend tiles (default
-  64 x 64 on GPU, 128 x 128 on TPU). It takes no `bias` or `mask` yet (use `is_causal` and
-  the lengths, or ``"chunked"``), needs concrete sequence lengths, and is reverse mode only.
+  64 x 64 on GPU, 128 x 128 on TPU). It takes no `bias` yet (use a boolean `mask`, or
+  ``"chunked"``), needs concrete sizes, and has first-order reverse mode only.
   On GPU and TPU it is compiled in the tests but not yet measured on the hardware; None
   never picks it.
 
@@ -221,50 +354,11 @@ def dot_product_attention(
     Srivastava et al., "Dropout: a simple way to prevent neural networks from overfitting",
     JMLR (2014); Dao, "FlashAttention-2", ICLR (2024).
   """
-  q = check.float_array(query, "query")
-  k = check.float_array(key, "key")
-  v = check.float_array(value, "value")
-  if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
-    raise ValueError(
-      "query, key and value must all be (B, T|S, heads, H) or all unbatched "
-      f"(T|S, heads, H), got shapes {q.shape}, {k.shape}, {v.shape}"
-    )
-  if not q.dtype == k.dtype == v.dtype:
-    raise TypeError(
-      f"query, key and value must share one dtype, got {q.dtype.name}, "
-      f"{k.dtype.name}, {v.dtype.name}"
-    )
-  batched = q.ndim == 4
-  if not batched:
-    q, k, v = q[None], k[None], v[None]
+  q, k, v, batched = _arrays(query, key, value)
   b, t, n, h = q.shape
-  if k.shape != v.shape or k.shape[0] != b or k.shape[3] != h:
-    raise ValueError(
-      f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
-      f"query {q.shape}, got key {k.shape} and value {v.shape}"
-    )
-  s, heads_k = k.shape[1], k.shape[2]
-  if n % heads_k:
-    raise ValueError(
-      f"the number of query heads ({n}) must be a multiple of the number of "
-      f"key/value heads ({heads_k})"
-    )
+  s = k.shape[1]
   weights_shape = (b, n, t, s)
-  if bias is not None:
-    check.not_a_key(bias, "bias", "an additive bias")
-    bias = jnp.asarray(bias)
-    if jnp.issubdtype(bias.dtype, jnp.integer) or bias.dtype == jnp.bool_:
-      bias = bias.astype(jnp.float32)  # jax.nn adds any numeric bias to float32 logits
-    bias = _four_d(check.float_array(bias, "bias"), "bias", weights_shape)
-  if mask is not None:
-    check.not_a_key(mask, "mask", "a boolean mask")
-    mask = jnp.asarray(mask)
-    if mask.dtype != jnp.bool_:
-      raise TypeError(
-        f"mask must be boolean (True where attention is allowed), got dtype "
-        f"{mask.dtype.name}; pass an additive mask as bias"
-      )
-    mask = _four_d(mask, "mask", weights_shape)
+  bias, mask = _bias_and_mask(bias, mask, weights_shape)
   q_lengths = _check_lengths(query_seq_lengths, "query_seq_lengths", b)
   k_lengths = _check_lengths(key_value_seq_lengths, "key_value_seq_lengths", b)
   rate_value = check.probability(dropout_rate, "dropout_rate")
@@ -272,23 +366,7 @@ def dot_product_attention(
   is_causal = check.static_bool(is_causal, "is_causal")
   dims = check.axes(broadcast_dims, 4 if batched else 3, "broadcast_dims")
   dims = dims if batched else tuple(d + 1 for d in dims)
-  if scale is None and jax.export.is_symbolic_dim(h):
-    raise ValueError(
-      f"scale must be given when the head size is symbolic (jax.export), got head size {h}: "
-      "1 / sqrt(H) is a constant of the compiled program"
-    )
-  if scale is None:
-    scale = 1 / math.sqrt(h)
-  elif (
-    isinstance(scale, (bool, np.bool_))
-    or check.is_traced(scale)
-    or np.ndim(scale) != 0
-    or not jnp.issubdtype(np.asarray(scale).dtype, np.number)
-  ):
-    raise TypeError(
-      f"scale must be a concrete real number (it is part of the compiled program), got {scale!r}"
-    )
-  scale = float(scale)
+  scale = _scale(scale, h)
   check.choice(implementation, (None, *IMPLEMENTATIONS), "implementation")
   q_chunk = _chunk_size(query_chunk_size, "query_chunk_size")
   k_chunk = _chunk_size(key_chunk_size, "key_chunk_size")
@@ -300,8 +378,8 @@ def dot_product_attention(
   if implementation is None:
     implementation = _default_implementation(weights_shape)
   if implementation == "pallas":
-    _pallas_arguments(q, k, bias, mask)
-  if t == 0 or s == 0:
+    _pallas_arguments(q, k, bias)
+  if 0 in (b, t, s, n, h):
     implementation = "xla"  # nothing to chunk: the materialised version handles empty axes
   if implementation == "xla":
     # Unbatched weights (N, T, S) number their mask rows as a batch of one does.
@@ -323,57 +401,23 @@ def dot_product_attention(
       weights_spec=weights_spec,
     )
   else:
-    words, drop = None, None
-    mask_shape = tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape))
-    mask_global = mask_shape
-    if dropout_on:
-      assert dropout_key is not None  # require_key has checked it above
-      words = mask_words(dropout_key)
-      params, _ = bernoulli_scalars(
-        drop_threshold(dropout_rate), jnp.asarray(deterministic), "inverted"
-      )
-      offsets: tuple[jax.Array, ...] = (jnp.uint32(0), jnp.uint32(0))
-      if weights_spec is not None:
-        block_offsets, mask_global = block_position(weights_spec, weights_shape, dims)
-        offsets = block_offsets[:2]  # the sequence axes are whole
-      drop = (*params, offsets)
+    words, drop, mask_global = _blocked_dropout(
+      dropout_key if dropout_on else None,
+      dropout_rate,
+      deterministic,
+      weights_spec,
+      weights_shape,
+      dims,
+    )
     options: dict[str, Any] = {
       "scale": scale,
       "is_causal": is_causal,
-      "mask_shape": mask_shape,
-      "mask_global": tuple(mask_global),
+      "mask_shape": tuple(1 if axis in dims else size for axis, size in enumerate(weights_shape)),
+      "mask_global": mask_global,
       "dropout_on": dropout_on,
     }
-    try:
-      if implementation == "pallas":
-        from ._pallas import pallas_attention  # Pallas is imported when first used
-
-        # On a mesh, a kernel is one custom call XLA does not partition: it runs on gathered
-        # inputs (explicit axes made auto for it, as for chunked), correct but not split.
-        out = _partitioned_inside(pallas_attention, q)(
-          q, k, v, q_lengths, k_lengths, words, drop, block_q=q_chunk, block_k=k_chunk, **options
-        )
-      else:
-        out = _partitioned_inside(_chunked_attention, q)(
-          q,
-          k,
-          v,
-          bias,
-          mask,
-          q_lengths,
-          k_lengths,
-          words,
-          drop,
-          q_chunk=q_chunk or _CHUNK_DEFAULT,
-          k_chunk=k_chunk or _CHUNK_DEFAULT,
-          **options,
-        )
-    except TypeError as err:
-      if _JAX_JVP_ERROR not in str(err):
-        raise
-      raise TypeError(
-        f"jaxdrop.dot_product_attention with implementation={implementation!r} has a "
-        "hand-written reverse-mode derivative (jax.grad, jax.vjp); for jax.jvp, jax.jacfwd, "
-        "jax.linearize or second derivatives pass implementation='xla' (the same mask)"
-      ) from err
+    out = _blocked(
+      implementation, q, k, v, bias, mask, q_lengths, k_lengths, words, drop,
+      (q_chunk, k_chunk), options,
+    )  # fmt: skip
   return out if batched else out[0]

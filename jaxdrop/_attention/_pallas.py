@@ -49,6 +49,8 @@ class FlashConfig:
   groups: int  # G = N / K query heads per key/value head
   has_q_lengths: bool
   has_k_lengths: bool
+  # The boolean `mask` argument: which of the axes (B, N, T, S) it spans (None: no mask).
+  attend_axes: tuple[bool, ...] | None
   dropout: bool  # False: no mask is drawn (rate 0 or deterministic=True)
   mask_shape: tuple[int, ...]  # this call's part of the (B, N, T, S) mask, 1 where shared
   mask_global: tuple[int, ...]  # the whole mask's (differs inside shard_map)
@@ -74,16 +76,19 @@ class _Block:
     self.k_length = k_lengths_ref[index] if cfg.has_k_lengths else None
 
   def logits(
-    self, q: jax.Array, k: jax.Array, i: jax.Array, j: jax.Array
+    self, q: jax.Array, k: jax.Array, i: jax.Array, j: jax.Array, mask: jax.Array | None
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(s, allowed, exists)`` of the block: masked float32 logits ``(bq, bk)``, the logits
-    that take part (their gradient flows) and the real (unpadded) keys."""
+    that take part (their gradient flows) and the real (unpadded) keys; `mask` is the block
+    of the boolean mask (broadcastable), if any."""
     cfg = self.cfg
     s = _dot(q, k, (1, 1)) * np.float32(cfg.scale)
     rows = i * cfg.block_q + jax.lax.broadcasted_iota(jnp.int32, (cfg.block_q, 1), 0)
     columns = j * cfg.block_k + jax.lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
     exists = columns < cfg.length_k
     allowed = exists
+    if mask is not None:
+      allowed = allowed & mask
     if cfg.is_causal:
       allowed = allowed & (columns <= rows)
     if self.k_length is not None:
@@ -122,24 +127,42 @@ class _Block:
     count = pl.cdiv(cfg.length_k, cfg.block_k)
     if not cfg.skip_causal:
       return count
-    return jnp.minimum(jax.lax.div((i + 1) * cfg.block_q + cfg.block_k - 1, cfg.block_k), count)
+    last = (i + 1) * cfg.block_q + cfg.block_k - 1
+    return jnp.minimum(jax.lax.div(last, np.int32(cfg.block_k)), count)
 
   def first_query_block(self, j: jax.Array) -> jax.Array | int:
     """The first query block that sees key block j (with `skip_causal`; else 0)."""
-    return jax.lax.div(j * self.cfg.block_k, self.cfg.block_q) if self.cfg.skip_causal else 0
+    if not self.cfg.skip_causal:
+      return 0
+    return jax.lax.div(j * self.cfg.block_k, np.int32(self.cfg.block_q))
+
+
+def _split(cfg: FlashConfig, refs: tuple[Any, ...]) -> tuple[Any, Any, tuple[Any, ...]]:
+  """A kernel's refs: the four scalar refs, the mask's (or None), the rest."""
+  if cfg.attend_axes is None:
+    return refs[:4], None, refs[4:]
+  return refs[:4], refs[4], refs[5:]
+
+
+def _mask_for_rows(cfg: FlashConfig, mask_ref: Any, j: jax.Array) -> jax.Array | None:
+  """Key block j of the mask block a forward or dq program holds (its query rows, every key)."""
+  if mask_ref is None or cfg.attend_axes is None:
+    return None
+  keys = pl.ds(j * cfg.block_k, cfg.block_k) if cfg.attend_axes[3] else slice(None)
+  return mask_ref[:, keys] != 0
 
 
 def _forward_kernel(cfg: FlashConfig, *refs: Any) -> None:
-  ints_ref, floats_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, o_ref, m_ref, inv_ref = refs
+  scalars, mask_ref, (q_ref, k_ref, v_ref, o_ref, m_ref, inv_ref) = _split(cfg, refs)
   b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  block = _Block(cfg, (ints_ref, floats_ref, ql_ref, kl_ref), b)
+  block = _Block(cfg, scalars, b)
   q = q_ref[...]
   h = q.shape[-1]
 
   def step(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     m, l, acc = carry
     keys = pl.ds(j * cfg.block_k, cfg.block_k)
-    s, _, exists = block.logits(q, k_ref[keys, :], i, j)
+    s, _, exists = block.logits(q, k_ref[keys, :], i, j, _mask_for_rows(cfg, mask_ref, j))
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     correction = jnp.exp(m - m_new)
     p = jnp.where(exists, jnp.exp(s - m_new), np.float32(0))
@@ -162,17 +185,17 @@ def _forward_kernel(cfg: FlashConfig, *refs: Any) -> None:
 
 
 def _dq_kernel(cfg: FlashConfig, *refs: Any) -> None:
-  (ints_ref, floats_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, m_ref, inv_ref, delta_ref,
-   dq_ref) = refs  # fmt: skip
+  scalars, mask_ref, arrays = _split(cfg, refs)
+  q_ref, k_ref, v_ref, do_ref, m_ref, inv_ref, delta_ref, dq_ref = arrays
   b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  block = _Block(cfg, (ints_ref, floats_ref, ql_ref, kl_ref), b)
+  block = _Block(cfg, scalars, b)
   q, do = q_ref[...], do_ref[...]
   m, inverse, delta = m_ref[...], inv_ref[...], delta_ref[...]
 
   def step(j: jax.Array, dq: jax.Array) -> jax.Array:
     keys = pl.ds(j * cfg.block_k, cfg.block_k)
     k = k_ref[keys, :]
-    s, allowed, exists = block.logits(q, k, i, j)
+    s, allowed, exists = block.logits(q, k, i, j, _mask_for_rows(cfg, mask_ref, j))
     p = jnp.where(exists, jnp.exp(s - m) * inverse, np.float32(0))
     dp = _dot(do, v_ref[keys, :], (1, 1))
     if cfg.dropout:
@@ -185,10 +208,10 @@ def _dq_kernel(cfg: FlashConfig, *refs: Any) -> None:
 
 
 def _dkdv_kernel(cfg: FlashConfig, *refs: Any) -> None:
-  (ints_ref, floats_ref, ql_ref, kl_ref, q_ref, k_ref, v_ref, do_ref, m_ref, inv_ref, delta_ref,
-   dk_ref, dv_ref) = refs  # fmt: skip
+  scalars, mask_ref, arrays = _split(cfg, refs)
+  q_ref, k_ref, v_ref, do_ref, m_ref, inv_ref, delta_ref, dk_ref, dv_ref = arrays
   b, kv_head, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  block = _Block(cfg, (ints_ref, floats_ref, ql_ref, kl_ref), b)
+  block = _Block(cfg, scalars, b)
   k, v = k_ref[...], v_ref[...]
   count = pl.cdiv(cfg.length_q, cfg.block_q)
   dk = jnp.zeros(k.shape, jnp.float32)
@@ -201,7 +224,11 @@ def _dkdv_kernel(cfg: FlashConfig, *refs: Any) -> None:
       rows = pl.ds(i * cfg.block_q, cfg.block_q)
       q, do = q_ref[g, rows, :], do_ref[g, rows, :]
       m, inverse = m_ref[g, rows, :], inv_ref[g, rows, :]
-      s, allowed, exists = block.logits(q, k, i, j)
+      mask = None
+      if mask_ref is not None and cfg.attend_axes is not None:  # every query row of the group
+        mask_rows = rows if cfg.attend_axes[2] else slice(None)
+        mask = mask_ref[g if cfg.attend_axes[1] else 0, mask_rows, :] != 0
+      s, allowed, exists = block.logits(q, k, i, j, mask)
       p = jnp.where(exists, jnp.exp(s - m) * inverse, np.float32(0))
       dp = _dot(do, v, (1, 1))
       p_dropped = p
@@ -254,6 +281,8 @@ def _call(
   arrays: list[tuple[jax.Array, pl.BlockSpec]],
   outs: list[tuple[jax.ShapeDtypeStruct, pl.BlockSpec]],
 ) -> Any:
+  """The `pallas_call` of `kernel`: the scalars' refs first, then `arrays` (the mask's first
+  where there is one), then `outs`."""
   return pl.pallas_call(
     functools.partial(kernel, cfg),
     grid=grid,
@@ -264,14 +293,51 @@ def _call(
   )(*scalars, *(a for a, _ in arrays))
 
 
+def _row_mask(cfg: FlashConfig, mask: jax.Array | None) -> list[tuple[jax.Array, pl.BlockSpec]]:
+  """The mask's blocks for a program of query rows (forward, dq): its rows, every key."""
+  if mask is None:
+    return []
+  sb, sn, st, ss = cfg.attend_axes or (False,) * 4
+  shape = (None, None, cfg.block_q if st else 1, mask.shape[3])
+  return [
+    (
+      mask,
+      pl.BlockSpec(shape, lambda b, n, i: (b if sb else 0, n if sn else 0, i if st else 0, 0)),
+    )
+  ]
+
+
+def _column_mask(cfg: FlashConfig, mask: jax.Array | None) -> list[tuple[jax.Array, pl.BlockSpec]]:
+  """The mask's blocks for a dk/dv program: every query row of the key/value head's group of
+  query heads, its key block."""
+  if mask is None:
+    return []
+  sb, sn, st, ss = cfg.attend_axes or (False,) * 4
+  shape = (None, cfg.groups if sn else 1, mask.shape[2], cfg.block_k if ss else 1)
+  return [
+    (
+      mask,
+      pl.BlockSpec(shape, lambda b, kv, j: (b if sb else 0, kv if sn else 0, 0, j if ss else 0)),
+    )
+  ]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _forward(
-  cfg: FlashConfig, scalars: tuple[jax.Array, ...], q: jax.Array, k: jax.Array, v: jax.Array
+  cfg: FlashConfig,
+  scalars: tuple[jax.Array, ...],
+  mask: jax.Array | None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   b, n, t, h = q.shape
   s = k.shape[2]
   grid = (b, n, t // cfg.block_q)
   rows = pl.BlockSpec((None, None, cfg.block_q, h), lambda b, n, i: (b, n, i, 0))
-  keys = pl.BlockSpec((None, None, s, h), lambda b, n, i: (b, jax.lax.div(n, cfg.groups), 0, 0))
+  keys = pl.BlockSpec(
+    (None, None, s, h), lambda b, n, i: (b, jax.lax.div(n, np.int32(cfg.groups)), 0, 0)
+  )
   stats = pl.BlockSpec((None, None, cfg.block_q, 1), lambda b, n, i: (b, n, i, 0))
   row_stat = _out((b, n, t, 1), jnp.float32, q)
   out, m, inverse = _call(
@@ -279,7 +345,7 @@ def _forward(
     _forward_kernel,
     grid,
     scalars,
-    [(q, rows), (k, keys), (v, keys)],
+    _row_mask(cfg, mask) + [(q, rows), (k, keys), (v, keys)],
     [(_out(q.shape, q.dtype, q), rows), (row_stat, stats), (row_stat, stats)],
   )
   return out, m, inverse
@@ -287,38 +353,71 @@ def _forward(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def flash(
-  cfg: FlashConfig, scalars: tuple[jax.Array, ...], q: jax.Array, k: jax.Array, v: jax.Array
+  cfg: FlashConfig,
+  scalars: tuple[jax.Array, ...],
+  mask: jax.Array | None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
 ) -> jax.Array:
   """Attention of padded ``q (B, N, Tp, H)``, ``k, v (B, K, Sp, H)`` (Tp, Sp multiples of the
   blocks); `scalars` are ``uint32[8]`` (mask words, threshold, 0, batch and head
   offsets), ``float32[1]`` (the dropout scale) and the ``int32`` query and key lengths
-  (``(B,)`` on TPU, ``(B, 1)`` elsewhere)."""
-  return _forward(cfg, scalars, q, k, v)[0]
+  (``(B,)`` on TPU, ``(B, 1)`` elsewhere); `mask` the boolean mask as integers, padded with
+  ones, ``(B|1, N|1, Tp|1, Sp|1)``, or None."""
+  return _forward(cfg, scalars, mask, q, k, v)[0]
 
 
 def _flash_fwd(
-  cfg: FlashConfig, scalars: tuple[jax.Array, ...], q: jax.Array, k: jax.Array, v: jax.Array
+  cfg: FlashConfig,
+  scalars: tuple[jax.Array, ...],
+  mask: jax.Array | None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
 ) -> tuple[jax.Array, tuple[Any, ...]]:
-  out, m, inverse = _forward(cfg, scalars, q, k, v)
-  return out, (scalars, q, k, v, out, m, inverse)
+  out, m, inverse = _forward(cfg, scalars, mask, q, k, v)
+  return out, (scalars, mask, q, k, v, out, m, inverse)
 
 
 def _flash_bwd(cfg: FlashConfig, residuals: tuple[Any, ...], g: jax.Array) -> tuple[Any, ...]:
-  scalars, q, k, v, out, m, inverse = residuals
+  scalars, mask = residuals[:2]
+  grads = _backward(cfg, *residuals, g)
+  no_grad = None if mask is None else _zero_cotangent(mask)
+  return jax.tree.map(_zero_cotangent, scalars), no_grad, *grads
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _backward(
+  cfg: FlashConfig,
+  scalars: tuple[jax.Array, ...],
+  mask: jax.Array | None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  out: jax.Array,
+  m: jax.Array,
+  inverse: jax.Array,
+  g: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """dq, dk and dv from the dq and dk/dv kernels (FlashAttention-2's backward pass)."""
   b, n, t, h = q.shape
   heads_k, s = k.shape[1], k.shape[2]
   groups = cfg.groups
   # D = rowsum(dO * O) (FlashAttention-2), per row like m.
   delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=3, keepdims=True)
   rows = pl.BlockSpec((None, None, cfg.block_q, h), lambda b, n, i: (b, n, i, 0))
-  keys = pl.BlockSpec((None, None, s, h), lambda b, n, i: (b, jax.lax.div(n, groups), 0, 0))
+  keys = pl.BlockSpec(
+    (None, None, s, h), lambda b, n, i: (b, jax.lax.div(n, np.int32(groups)), 0, 0)
+  )
   stats = pl.BlockSpec((None, None, cfg.block_q, 1), lambda b, n, i: (b, n, i, 0))
   (dq,) = _call(
     cfg,
     _dq_kernel,
     (b, n, t // cfg.block_q),
     scalars,
-    [(q, rows), (k, keys), (v, keys), (g, rows), (m, stats), (inverse, stats), (delta, stats)],
+    _row_mask(cfg, mask)
+    + [(q, rows), (k, keys), (v, keys), (g, rows), (m, stats), (inverse, stats), (delta, stats)],
     [(_out(q.shape, jnp.float32, q), rows)],
   )
   group_rows = pl.BlockSpec((None, groups, t, h), lambda b, kv, j: (b, kv, 0, 0))
@@ -329,7 +428,8 @@ def _flash_bwd(cfg: FlashConfig, residuals: tuple[Any, ...], g: jax.Array) -> tu
     _dkdv_kernel,
     (b, heads_k, s // cfg.block_k),
     scalars,
-    [
+    _column_mask(cfg, mask)
+    + [
       (q, group_rows),
       (k, key_block),
       (v, key_block),
@@ -340,8 +440,22 @@ def _flash_bwd(cfg: FlashConfig, residuals: tuple[Any, ...], g: jax.Array) -> tu
     ],
     [(_out(k.shape, jnp.float32, k), key_block)] * 2,
   )
-  grads = dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
-  return jax.tree.map(_zero_cotangent, scalars), *grads
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _no_derivative(cfg: FlashConfig, primals: Any, tangents: Any) -> Any:
+  """The forward and backward kernels' own derivative: there is none (Pallas differentiates no
+  kernel), so a second derivative stops here with a way out rather than deep in Pallas."""
+  del cfg, primals, tangents
+  raise TypeError(
+    "jaxdrop.dot_product_attention with implementation='pallas' has a hand-written reverse-"
+    "mode derivative whose kernels have no derivative of their own: for second derivatives "
+    "(jax.hessian, grad of grad) pass implementation='xla' (the same mask)"
+  )
+
+
+_forward.defjvp(_no_derivative)
+_backward.defjvp(_no_derivative)
 
 
 flash.defvjp(_flash_fwd, _flash_bwd)
@@ -392,6 +506,7 @@ def _attention_on(
   k: jax.Array,
   v: jax.Array,
   scalars: tuple[jax.Array, ...],
+  mask: jax.Array | None,
   *,
   static: dict[str, Any],
   block_q: int | None,
@@ -407,9 +522,23 @@ def _attention_on(
   ints, floats, q_lengths, k_lengths = scalars
   if backend != "mosaic":  # each batch element's lengths as a block of its own
     q_lengths, k_lengths = q_lengths.reshape(b, 1), k_lengths.reshape(b, 1)
+  h = q.shape[3]
+  if backend == "triton":
+    # Triton's arrays are powers of two and its matrix products at least 16 wide: the head
+    # size is padded with zeros, which change no logit and whose outputs are cut off.
+    width = max(_power_of_two(h), 16)
+    q, k, v = (jnp.pad(a, [(0, 0)] * 3 + [(0, width - h)]) for a in (q, k, v))
   q, k, v = _heads_first(q, bq), _heads_first(k, bk), _heads_first(v, bk)
-  out = flash(cfg, (ints, floats, q_lengths, k_lengths), q, k, v)
-  return jnp.swapaxes(out[:, :, :t], 1, 2)
+  if mask is not None:
+    # Padded rows and keys are allowed here (padded keys are excluded apart, padded rows cut
+    # off), as in chunked; integers, as Mosaic keeps no booleans in memory (int32: its tiling).
+    widths = [(0, 0), (0, 0)] + [
+      (0, -size % block if size != 1 else 0) for size, block in zip(mask.shape[2:], (bq, bk))
+    ]
+    mask = jnp.pad(mask, widths, constant_values=True)
+    mask = mask.astype(jnp.int32 if backend == "mosaic" else jnp.int8)
+  out = flash(cfg, (ints, floats, q_lengths, k_lengths), mask, q, k, v)
+  return jnp.swapaxes(out[:, :, :t, :h], 1, 2)
 
 
 def pallas_attention(
@@ -418,6 +547,7 @@ def pallas_attention(
   v: jax.Array,
   q_lengths: jax.Array | None,
   k_lengths: jax.Array | None,
+  mask: jax.Array | None,
   words: jax.Array | None,
   drop: Any,
   *,
@@ -432,14 +562,18 @@ def pallas_attention(
   """Attention of ``q (B, T, N, H)``, ``k, v (B, S, K, H)`` by the kernels of the platform
   the call is compiled for (`lax.platform_dependent`: Triton on GPU, Mosaic on TPU, interpret
   mode elsewhere), `drop` as the chunked path makes it: ``(t, any_kept, scale,
-  (batch_offset, head_offset))``. Rows beyond `q_lengths` are 0, as in jax.nn."""
+  (batch_offset, head_offset))``; `mask` the boolean mask, ``(B|1, N|1, T|1, S|1)``. Rows
+  beyond `q_lengths` are 0, as in jax.nn."""
   b = q.shape[0]
   static = {
     "scale": scale,
     "is_causal": is_causal,
-    "skip_causal": is_causal and k_lengths is None,
+    # Skipping blocks above the diagonal is exact only where no row is fully masked (as in
+    # chunked: jax.nn averages such a row over every key, skipped ones included).
+    "skip_causal": is_causal and k_lengths is None and mask is None,
     "has_q_lengths": q_lengths is not None,
     "has_k_lengths": k_lengths is not None,
+    "attend_axes": None if mask is None else tuple(size != 1 for size in mask.shape),
     "dropout": dropout_on,
     "mask_shape": mask_shape,
     "mask_global": mask_global,
@@ -464,6 +598,7 @@ def pallas_attention(
     k,
     v,
     scalars,
+    mask,
     cuda=on("triton"),
     rocm=on("triton"),
     tpu=on("mosaic"),

@@ -82,6 +82,18 @@ def test_options_and_head_groups(kind, n, heads_k):
   _check(*_inputs(n, heads_k), 0.3, _options(kind))
 
 
+@pytest.mark.parametrize(
+  "mask_shape,causal",
+  [((B, 1, T, S), False), ((1, 4, T, S), True), ((B, 1, 1, S), False), ((1, 1, T, 1), True)],
+  ids=["batch", "heads-causal", "key-padding", "rows-causal"],
+)
+@pytest.mark.parametrize("n,heads_k", [(4, 2), (4, 4)])
+def test_boolean_masks_of_every_shape(mask_shape, causal, n, heads_k):
+  mask = np.random.default_rng(3).random(mask_shape) < 0.75
+  mask.reshape(-1, mask_shape[-1])[0] = False  # a fully masked row (or key column)
+  _check(*_inputs(n, heads_k), 0.3, {"mask": jnp.asarray(mask), "is_causal": causal})
+
+
 @pytest.mark.parametrize("broadcast_dims", [(0, 1), (2,), (3,), (0, 3), (1, 2)])
 def test_shared_masks(broadcast_dims):
   _check(*_inputs(4, 2), 0.4, _options("causal"), broadcast_dims=broadcast_dims)
