@@ -149,15 +149,18 @@ def test_chunked_equals_xla_with_dropout(kind, rate):
   _close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "pallas"])
 @pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 3e-2), (jnp.float16, 5e-3)])
-def test_half_precision_chunked_close_to_xla(dtype, tol):
+def test_half_precision_blocked_close_to_xla(impl, dtype, tol):
   q, k, v = _inputs(dtype=dtype)
   options = _options("causal_mask", 2, 4, 19, 13)
-  out = _attend(q, k, v, "chunked", 0.2, **options)
+  out = _attend(q, k, v, impl, 0.2, **options)
   assert out.dtype == dtype
   _close(out, _attend(q, k, v, "xla", 0.2, **options), rtol=tol, atol=tol)
+  grads = _grads(lambda *a, **o: _attend(*a, impl, 0.2, **o), q, k, v, dict(options))
+  assert all(g.dtype == dtype for g in grads)
   _close(
-    _grads(lambda *a, **o: _attend(*a, "chunked", 0.2, **o), q, k, v, dict(options)),
+    grads,
     _grads(lambda *a, **o: _attend(*a, "xla", 0.2, **o), q, k, v, dict(options)),
     rtol=4 * tol,
     atol=4 * tol,

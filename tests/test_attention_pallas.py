@@ -59,23 +59,6 @@ def test_pallas_without_dropout_equals_jax_nn():
   _close(_attend(q, k, v, "pallas", 0.0, **options), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 3e-2), (jnp.float16, 5e-3)])
-def test_half_precision_pallas_close_to_xla(dtype, tol):
-  q, k, v = _inputs(dtype=dtype)
-  options = _options("lengths", 2, 4, 19, 13)
-  out = _attend(q, k, v, "pallas", 0.2, **options)
-  assert out.dtype == dtype
-  _close(out, _attend(q, k, v, "xla", 0.2, **options), rtol=tol, atol=tol)
-  grads = _grads(lambda *a, **o: _attend(*a, "pallas", 0.2, **o), q, k, v, dict(options))
-  assert all(g.dtype == dtype for g in grads)
-  _close(
-    grads,
-    _grads(lambda *a, **o: _attend(*a, "xla", 0.2, **o), q, k, v, dict(options)),
-    rtol=4 * tol,
-    atol=4 * tol,
-  )
-
-
 def test_block_sizes_follow_each_backend():
   from jaxdrop._attention._pallas import block_sizes
 
