@@ -63,6 +63,14 @@ def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
   return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
+def _bound(cfg: FlashConfig, value: np.int32, program: jax.Array) -> Any:
+  """A loop bound of `value`; in interpret mode computed from the program id: Pallas' interpret
+  mode inside `jax.shard_map` refuses a loop of fixed trip count (its scan's carries lose their
+  varying mesh axes: a JAX bug whose message asks for ``check_vma=False``), and takes a loop
+  of traced bounds. Compiled kernels keep the constant."""
+  return value + np.int32(0) * program if cfg.backend == "interpret" else value
+
+
 class _Block:
   """What every kernel computes for query block `i` of head `n` against key block `j`."""
 
@@ -83,9 +91,9 @@ class _Block:
     of the boolean mask (broadcastable), if any."""
     cfg = self.cfg
     s = _dot(q, k, (1, 1)) * np.float32(cfg.scale)
-    rows = i * cfg.block_q + jax.lax.broadcasted_iota(jnp.int32, (cfg.block_q, 1), 0)
-    columns = j * cfg.block_k + jax.lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
-    exists = columns < cfg.length_k
+    rows = i * np.int32(cfg.block_q) + jax.lax.broadcasted_iota(jnp.int32, (cfg.block_q, 1), 0)
+    columns = j * np.int32(cfg.block_k) + jax.lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
+    exists = columns < np.int32(cfg.length_k)
     allowed = exists
     if mask is not None:
       allowed = allowed & mask
@@ -112,9 +120,9 @@ class _Block:
     head = (u32(n) if mn != 1 else np.uint32(0)) + ints[5]
     first_row = (batch * np.uint32(gn) + head) * np.uint32(gt)
     if mt != 1:
-      first_row = first_row + u32(i * cfg.block_q)
+      first_row = first_row + u32(i) * np.uint32(cfg.block_q)
     shape = (cfg.block_q if mt != 1 else 1, cfg.block_k if ms != 1 else 1)
-    offsets = (first_row, u32(j * cfg.block_k) if ms != 1 else np.uint32(0))
+    offsets = (first_row, u32(j) * np.uint32(cfg.block_k) if ms != 1 else np.uint32(0))
     layout = MaskLayout(shape, global_shape=(int(np.prod(cfg.mask_global[:3])), gs))
     # No `& any_kept` per weight: where no unit is kept (rate 1) the scale is 0 already.
     keep = keep_mask(MaskSource((ints[0], ints[1]), offsets), layout, ints[2], np.bool_(True))
@@ -124,17 +132,17 @@ class _Block:
     """How many key blocks query block i visits (with `skip_causal`, those reaching its last
     row)."""
     cfg = self.cfg
-    count = pl.cdiv(cfg.length_k, cfg.block_k)
+    count = np.int32(pl.cdiv(cfg.length_k, cfg.block_k))  # int32 loop bounds, x64 or not
     if not cfg.skip_causal:
-      return count
-    last = (i + 1) * cfg.block_q + cfg.block_k - 1
+      return _bound(cfg, count, i)
+    last = (i + np.int32(1)) * np.int32(cfg.block_q) + np.int32(cfg.block_k - 1)
     return jnp.minimum(jax.lax.div(last, np.int32(cfg.block_k)), count)
 
   def first_query_block(self, j: jax.Array) -> jax.Array | int:
     """The first query block that sees key block j (with `skip_causal`; else 0)."""
     if not self.cfg.skip_causal:
-      return 0
-    return jax.lax.div(j * self.cfg.block_k, np.int32(self.cfg.block_q))
+      return _bound(self.cfg, np.int32(0), j)
+    return jax.lax.div(j * np.int32(self.cfg.block_k), np.int32(self.cfg.block_q))
 
 
 def _split(cfg: FlashConfig, refs: tuple[Any, ...]) -> tuple[Any, Any, tuple[Any, ...]]:
@@ -148,7 +156,7 @@ def _mask_for_rows(cfg: FlashConfig, mask_ref: Any, j: jax.Array) -> jax.Array |
   """Key block j of the mask block a forward or dq program holds (its query rows, every key)."""
   if mask_ref is None or cfg.attend_axes is None:
     return None
-  keys = pl.ds(j * cfg.block_k, cfg.block_k) if cfg.attend_axes[3] else slice(None)
+  keys = pl.ds(j * np.int32(cfg.block_k), cfg.block_k) if cfg.attend_axes[3] else slice(None)
   return mask_ref[:, keys] != 0
 
 
@@ -161,7 +169,7 @@ def _forward_kernel(cfg: FlashConfig, *refs: Any) -> None:
 
   def step(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     m, l, acc = carry
-    keys = pl.ds(j * cfg.block_k, cfg.block_k)
+    keys = pl.ds(j * np.int32(cfg.block_k), cfg.block_k)
     s, _, exists = block.logits(q, k_ref[keys, :], i, j, _mask_for_rows(cfg, mask_ref, j))
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     correction = jnp.exp(m - m_new)
@@ -177,7 +185,7 @@ def _forward_kernel(cfg: FlashConfig, *refs: Any) -> None:
     jnp.zeros((cfg.block_q, 1), jnp.float32),
     jnp.zeros((cfg.block_q, h), jnp.float32),
   )
-  m, l, acc = jax.lax.fori_loop(0, block.key_blocks(i), step, init)
+  m, l, acc = jax.lax.fori_loop(np.int32(0), block.key_blocks(i), step, init)
   inverse = 1 / l  # l >= 1: the row's largest term is exp(0)
   o_ref[...] = (acc * inverse).astype(o_ref.dtype)
   m_ref[...] = m
@@ -193,7 +201,7 @@ def _dq_kernel(cfg: FlashConfig, *refs: Any) -> None:
   m, inverse, delta = m_ref[...], inv_ref[...], delta_ref[...]
 
   def step(j: jax.Array, dq: jax.Array) -> jax.Array:
-    keys = pl.ds(j * cfg.block_k, cfg.block_k)
+    keys = pl.ds(j * np.int32(cfg.block_k), cfg.block_k)
     k = k_ref[keys, :]
     s, allowed, exists = block.logits(q, k, i, j, _mask_for_rows(cfg, mask_ref, j))
     p = jnp.where(exists, jnp.exp(s - m) * inverse, np.float32(0))
@@ -203,7 +211,8 @@ def _dq_kernel(cfg: FlashConfig, *refs: Any) -> None:
     ds = jnp.where(allowed, p * (dp - delta), np.float32(0))
     return dq + _dot(ds.astype(k.dtype), k, (1, 0))
 
-  dq = jax.lax.fori_loop(0, block.key_blocks(i), step, jnp.zeros(q.shape, jnp.float32))
+  init = jnp.zeros(q.shape, jnp.float32)
+  dq = jax.lax.fori_loop(np.int32(0), block.key_blocks(i), step, init)
   dq_ref[...] = dq * np.float32(cfg.scale)
 
 
@@ -213,15 +222,15 @@ def _dkdv_kernel(cfg: FlashConfig, *refs: Any) -> None:
   b, kv_head, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   block = _Block(cfg, scalars, b)
   k, v = k_ref[...], v_ref[...]
-  count = pl.cdiv(cfg.length_q, cfg.block_q)
+  count = np.int32(pl.cdiv(cfg.length_q, cfg.block_q))
   dk = jnp.zeros(k.shape, jnp.float32)
   dv = jnp.zeros(v.shape, jnp.float32)
   for g in range(cfg.groups):  # the query heads reading this key/value head
-    n = kv_head * cfg.groups + g
+    n = kv_head * np.int32(cfg.groups) + np.int32(g)
 
     def step(i: jax.Array, carry: tuple[jax.Array, jax.Array], g: int = g, n: Any = n) -> Any:
       dk, dv = carry
-      rows = pl.ds(i * cfg.block_q, cfg.block_q)
+      rows = pl.ds(i * np.int32(cfg.block_q), cfg.block_q)
       q, do = q_ref[g, rows, :], do_ref[g, rows, :]
       m, inverse = m_ref[g, rows, :], inv_ref[g, rows, :]
       mask = None
