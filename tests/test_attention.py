@@ -382,6 +382,8 @@ def test_empty_sequences_and_unbatched_gradients(impl):
       q[:, :t], k[:, :s], v[:, :s], dropout_key=DROP_KEY, dropout_rate=0.3, implementation=impl
     )
     np.testing.assert_array_equal(out, _jax_nn(q[:, :t], k[:, :s], v[:, :s]))
+  empty = jaxdrop.dot_product_attention(q[..., :0], k[..., :0], v[..., :0], implementation=impl)
+  assert empty.shape == (2, 19, 4, 0)  # a head size of 0: nothing to scale
   unbatched = lambda impl: lambda q, k, v, **o: _attend(q[0], k[0], v[0], impl, 0.3, **o)[None]
   _close(
     _grads(unbatched(impl), q, k, v, _options("causal_mask", 2, 4, 19, 13)),
@@ -421,6 +423,11 @@ def test_bias_shapes_dtypes_and_scale_as_jax_nn_accepts_them():
 @pytest.mark.parametrize(
   "call,error,match",
   [
+    (
+      lambda q, k, v: jaxdrop.dot_product_attention(q, k[:, :, :0], v[:, :, :0]),
+      ValueError,
+      r"key and value must have at least one head, got key \(2, 13, 0, 8\)",
+    ),
     (
       lambda q, k, v: jaxdrop.dot_product_attention(q, k, v, dropout_rate=0.1),
       TypeError,

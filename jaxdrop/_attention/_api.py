@@ -134,6 +134,8 @@ def _arrays(query: ArrayLike, key: ArrayLike, value: ArrayLike) -> tuple[Any, An
       f"key and value must have shape (B, S, K, H) = ({b}, S, K, {h}) to match "
       f"query {q.shape}, got key {k.shape} and value {v.shape}"
     )
+  if k.shape[2] == 0:
+    raise ValueError(f"key and value must have at least one head, got key {k.shape}")
   if n % k.shape[2]:
     raise ValueError(
       f"the number of query heads ({n}) must be a multiple of the number of "
