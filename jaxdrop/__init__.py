@@ -9,6 +9,8 @@ from ._alpha import alpha_dropout as alpha_dropout
 from ._alpha import feature_alpha_dropout as feature_alpha_dropout
 from ._attention import dot_product_attention as dot_product_attention
 from ._block import drop_block as drop_block
+from ._concrete import concrete_dropout as concrete_dropout
+from ._concrete import concrete_dropout_regularizer as concrete_dropout_regularizer
 from ._depth import stochastic_depth as stochastic_depth
 from ._dropout import dropout as dropout
 from ._locked import DropoutMask as DropoutMask
@@ -22,6 +24,9 @@ from ._noise import gaussian_noise as gaussian_noise
 from ._recurrent import zoneout as zoneout
 from ._structured import channel_dropout as channel_dropout
 from ._structured import drop_path as drop_path
+from ._variational import variational_dense as variational_dense
+from ._variational import variational_dropout as variational_dropout
+from ._variational import variational_dropout_kl as variational_dropout_kl
 from ._weights import drop_connect as drop_connect
 
 __version__ = "0.1.0"
@@ -51,6 +56,11 @@ __all__ = [
   "drop_block",
   "drop_connect",
   "zoneout",
+  "concrete_dropout",
+  "concrete_dropout_regularizer",
+  "variational_dropout",
+  "variational_dropout_kl",
+  "variational_dense",
   "dot_product_attention",
   "make_mask",
   "apply_mask",

@@ -24,6 +24,14 @@ the derivative is the same linear map applied to the incoming cotangent
   `jax.jacfwd` and `jax.linearize` work; reverse mode transposes the linear
   tangent, which sits under `jax.checkpoint` so that reverse mode keeps the same
   residuals as the ``"vjp"`` registration.
+
+Members whose noise is learned (Concrete and variational dropout: the drop rate or the noise
+variance is a parameter that training updates) differentiate the noise in its parameters too
+(``grad_params=True``, reverse mode only). The forward pass then keeps the key words, the
+parameters and `x`; the backward pass draws the noise again and pulls the cotangent
+``g * x`` (summed over the axes the noise is broadcast along) back through ``mult(params)``:
+
+    dparams = vjp(mult, params)(sum_to_mult_shape(where(keep, g * x, 0)))
 """
 
 from __future__ import annotations
@@ -80,17 +88,44 @@ def _draw_and_apply(
   return apply_noise(keep, mult, v, affine)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _sum_to(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """`v` summed over the axes along which an array of `shape` broadcasts to ``v.shape``."""
+  lead = v.ndim - len(shape)
+  axes = tuple(range(lead)) + tuple(
+    lead + a for a, n in enumerate(shape) if n == 1 and v.shape[lead + a] != 1
+  )
+  return jnp.sum(v, axes).reshape(shape) if axes else v
+
+
+def _param_cotangents(
+  draw: Draw,
+  layout: MaskLayout,
+  source: MaskSource | None,
+  params: Params,
+  x: jax.Array,
+  g: jax.Array,
+) -> tuple[jax.Array, tuple[Any, ...]]:
+  """``(dx, dparams)`` of ``where(keep, x * mult(params), 0)``, the noise drawn again."""
+  mult, pull, keep = jax.vjp(lambda p: draw(source, layout, *p)[::-1], params, has_aux=True)
+  work = jnp.asarray(mult).dtype
+  gx = g.astype(work) * x.astype(work)
+  gx = gx if keep is None else jnp.where(keep, gx, 0)
+  (dparams,) = pull(_sum_to(gx, jnp.shape(mult)))
+  return apply_noise(keep, mult, g), dparams
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _op_vjp(
   draw: Draw,
   layout: MaskLayout,
   recompute: bool,
+  grad_params: bool,
   source: MaskSource | None,
   x: jax.Array,
   params: Params,
   affine: Affine,
 ) -> jax.Array:
-  del recompute
+  del recompute, grad_params
   return _draw_and_apply(draw, layout, source, params, x, affine)
 
 
@@ -98,19 +133,32 @@ def _op_vjp_fwd(
   draw: Draw,
   layout: MaskLayout,
   recompute: bool,
+  grad_params: bool,
   source: MaskSource | None,
   x: jax.Array,
   params: Params,
   affine: Affine,
-) -> tuple[jax.Array, tuple[Any, Any]]:
+) -> tuple[jax.Array, tuple[Any, ...]]:
   keep, mult = draw(source, layout, *params)
-  residuals = (source, params) if recompute else (keep, mult)
+  if grad_params:
+    residuals: tuple[Any, ...] = (source, params, x)
+  else:
+    residuals = (source, params) if recompute else (keep, mult)
   return apply_noise(keep, mult, x, affine), residuals
 
 
 def _op_vjp_bwd(
-  draw: Draw, layout: MaskLayout, recompute: bool, residuals: tuple[Any, Any], g: jax.Array
-) -> tuple[None, jax.Array, None, None]:
+  draw: Draw,
+  layout: MaskLayout,
+  recompute: bool,
+  grad_params: bool,
+  residuals: tuple[Any, ...],
+  g: jax.Array,
+) -> tuple[None, jax.Array, Any, None]:
+  if grad_params:
+    source, params, x = residuals
+    dx, dparams = _param_cotangents(draw, layout, source, params, x, g)
+    return None, dx, dparams, None
   keep, mult = draw(residuals[0], layout, *residuals[1]) if recompute else residuals
   # The key words and the parameters (functions of the rate) get no gradient.
   return None, apply_noise(keep, mult, g), None, None
@@ -164,6 +212,7 @@ def noise_op(
   autodiff: str,
   affine: Affine = None,
   global_shape: tuple[int, ...] | None = None,
+  grad_params: bool = False,
 ) -> jax.Array:
   """``where(keep, x * mult + shift, fill)`` with noise from `draw`, differentiated by hand.
 
@@ -171,11 +220,14 @@ def noise_op(
   the mask's `MaskLayout` (its shape, how `x` is sharded over explicit mesh axes, and the
   global mask shape when `x` is a block of a larger array). It must be hashable (a
   module-level function or a frozen dataclass): it is a static argument of the custom
-  derivative.
+  derivative. With `grad_params` (reverse mode, no `affine`) the parameters, floating
+  arrays, get the gradient of ``mult(params)``; the backward pass draws the noise again.
   """
   layout = mask_layout(x, mask_shape)._replace(global_shape=global_shape)
-  op = _op_vjp if autodiff == "vjp" else _op_jvp
-  return op(draw, layout, recompute, source, x, params, affine)
+  if autodiff == "vjp":
+    return _op_vjp(draw, layout, recompute, grad_params, source, x, params, affine)
+  assert not grad_params, "learned noise is differentiated in reverse mode only"
+  return _op_jvp(draw, layout, recompute, source, x, params, affine)
 
 
 # JAX's own message when forward mode meets a custom_vjp (pinned by a test).

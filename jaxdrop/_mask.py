@@ -395,6 +395,27 @@ def standard_normal(source: MaskSource, layout: MaskLayout) -> jax.Array:
   return normal_from_bits(mask_bits(source, layout))
 
 
+def logistic(source: MaskSource, layout: MaskLayout) -> jax.Array:
+  """float32 ``logit(u)`` of ``layout.shape``, u uniform in (0, 1): standard logistic noise.
+
+  u is ``(2k + 1) / 2**25`` for the top 24 bits k, so ``u < rate`` exactly when the unit's bits
+  are below ``rate * 2**32`` up to the low 8 bits: where `dropout` drops it for the same key.
+  """
+  return logistic_from_bits(mask_bits(source, layout))
+
+
+def logistic_from_bits(bits: jax.Array) -> jax.Array:
+  """``log(u) - log(1 - u)`` from uint32 bits, u = (2k + 1) / 2**25 for the top 24 bits k.
+
+  ``2k + 1`` and ``2**25 - (2k + 1)`` are read from the bits as integers, so neither u nor
+  ``1 - u`` is rounded to 0 or 1: the noise is finite and antisymmetric in the bits, within
+  about ±17.3. (``log(u / (1 - u))`` in float32 would meet ``u = 1`` for the top 2**-25.)
+  """
+  odd = (bits >> 7) | 1
+  mirror = (~bits >> 7) | 1  # 2**25 - odd
+  return jnp.log(odd.astype(jnp.float32)) - jnp.log(mirror.astype(jnp.float32))
+
+
 def normal_from_bits(bits: jax.Array) -> jax.Array:
   """N(0, 1) from uint32 bits: sqrt(2) erf^-1(2u - 1), u = (k + 1/2) / 2**24 for the top 24 bits k.
 

@@ -100,6 +100,36 @@ def probability(value: ArrayLike, name: str = "rate") -> float | None:
   return number
 
 
+def real_array(
+  value: ArrayLike, name: str, shape: tuple[int, ...], what: str
+) -> tuple[jax.Array, np.ndarray | None]:
+  """A real scalar or array broadcastable to `shape` (it must not grow it), as a floating JAX
+  array of `shape`'s rank (leading axes of size 1 added), and its values on the host when
+  concrete (None when traced)."""
+  not_a_key(value, name, what)
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be {what}, got {value!r}")
+  try:
+    array = jnp.asarray(value)
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}") from err
+  if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+    raise TypeError(f"{name} must be {what}, got an array of dtype {array.dtype.name}")
+  try:
+    grown = np.broadcast_shapes(array.shape, shape) != tuple(shape)
+  except ValueError:
+    grown = True
+  if grown:
+    raise ValueError(
+      f"{name} must be a scalar or an array that broadcasts to x's shape {tuple(shape)}, "
+      f"got shape {array.shape}"
+    )
+  if not jnp.issubdtype(array.dtype, jnp.floating):
+    array = array.astype(jnp.float32)
+  array = array.reshape((1,) * (len(shape) - array.ndim) + array.shape)  # x's rank
+  return array, None if is_traced(value) or is_traced(array) else np.asarray(value, np.float64)
+
+
 def nonnegative(value: ArrayLike, name: str) -> float | None:
   """Checks a finite real number >= 0; returns it as a float if concrete, None if traced."""
   number = _real_scalar(value, name, "finite and >= 0")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import jax
+from jax.typing import ArrayLike
 
 try:
   import equinox as eqx
@@ -31,6 +32,7 @@ except ImportError as err:  # the core needs jax alone; the adapter needs its fr
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
+from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit
 from ._dropout import dropout
 from ._noise import gaussian_dropout
 from ._structured import channel_dropout, drop_path
@@ -43,6 +45,7 @@ __all__ = [
   "GaussianDropout",
   "DropPath",
   "DropBlock",
+  "ConcreteDropout",
 ]
 
 
@@ -294,3 +297,96 @@ class DropBlock(_Member):
   spatial_axes: Sequence[int] = eqx.field(static=True, default=(1, 2), converter=tuple)
   _function = staticmethod(drop_block)
   _options = ("block_size", "spatial_axes")
+
+
+class ConcreteDropout(eqx.Module):
+  """`jaxdrop.concrete_dropout` as an Equinox module whose rate is a trainable array field.
+
+  The rate is ``sigmoid(rate_logit)``; ``rate_logit`` is an inexact array field, so
+  ``eqx.filter_grad`` and an optax update train it with the other weights. Add `regularizer`
+  of the layer the dropped units feed to the loss (Gal et al.'s objective): it is what keeps
+  the rate from falling to 0. ``eqx.nn.inference_mode`` turns it off (the inputs pass
+  unchanged); for MC-dropout predictions leave it on.
+
+  Args:
+    init_rate: the rate training starts from, in (0, 1) (0.1, as Gal et al.'s reference code).
+    temperature: the relaxation's temperature (0.1; 2/3 for the spatial form).
+    broadcast_dims: axes of an example that share one noise value (the spatial axes of a
+      ``(C, H, W)`` example for the spatial form).
+    weight_regularizer: the weight term's factor, ``l**2 / N`` for N training examples and a
+      prior length scale l (the reference class's default 1e-6).
+    dropout_regularizer: the entropy term's factor, ``2 / N`` (default 1e-5).
+    inference: True to pass the inputs unchanged; the call as for `Dropout`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, equinox as eqx, jaxdrop.equinox
+    >>> layer = jaxdrop.equinox.ConcreteDropout(init_rate=0.2)
+    >>> round(float(layer.rate), 6)
+    0.2
+    >>> loss = lambda m: jnp.var(m(jnp.ones((64, 64)), key=jax.random.key(0)))
+    >>> bool(eqx.filter_grad(loss)(layer).rate_logit > 0)  # a higher rate, noisier output
+    True
+    >>> bool(jnp.all(eqx.nn.inference_mode(layer)(jnp.ones(8)) == 1))
+    True
+  """
+
+  rate_logit: jax.Array
+  temperature: float = eqx.field(static=True)
+  broadcast_dims: tuple[int, ...] = eqx.field(static=True)
+  weight_regularizer: float = eqx.field(static=True)
+  dropout_regularizer: float = eqx.field(static=True)
+  inference: bool = False
+
+  def __init__(
+    self,
+    init_rate: float = 0.1,
+    *,
+    temperature: float = 0.1,
+    broadcast_dims: Sequence[int] = (),
+    weight_regularizer: float = 1e-6,
+    dropout_regularizer: float = 1e-5,
+    inference: bool = False,
+  ) -> None:
+    self.rate_logit = initial_logit(init_rate)
+    self.temperature, self.broadcast_dims = temperature, tuple(broadcast_dims)
+    self.weight_regularizer, self.dropout_regularizer = weight_regularizer, dropout_regularizer
+    self.inference = inference
+
+  @property
+  def rate(self) -> jax.Array:
+    """The current drop rate, ``sigmoid(rate_logit)``."""
+    return jax.nn.sigmoid(self.rate_logit)
+
+  def __call__(
+    self, x: jax.Array, *, key: jax.Array | None = None, inference: bool | None = None
+  ) -> jax.Array:
+    flag = check.flag(self.inference if inference is None else inference, "inference")
+    if flag is True:
+      return x
+    if key is None:
+      raise RuntimeError(
+        "ConcreteDropout requires a key when running in non-deterministic mode: pass "
+        "key=..., or inference=True (or switch the model with eqx.nn.inference_mode)"
+      )
+    return concrete_dropout(
+      key,
+      x,
+      self.rate,
+      temperature=self.temperature,
+      broadcast_dims=self.broadcast_dims,
+      deterministic=flag,
+    )
+
+  def regularizer(self, weight: ArrayLike, *, input_dim: int | None = None) -> jax.Array:
+    """`jaxdrop.concrete_dropout_regularizer` at this layer's rate, for the `weight` of the
+    layer its output feeds; `input_dim` defaults to ``weight.shape[1]``, the input features of
+    an ``eqx.nn.Linear`` weight ``(out, in)`` and the input channels of an ``eqx.nn.Conv``
+    weight ``(out, in, ...)``."""
+    weight = check.float_array(weight, "weight")
+    return concrete_dropout_regularizer(
+      self.rate,
+      weight,
+      input_dim=weight.shape[1] if input_dim is None else input_dim,
+      weight_regularizer=self.weight_regularizer,
+      dropout_regularizer=self.dropout_regularizer,
+    )

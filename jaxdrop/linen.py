@@ -31,6 +31,7 @@ from flax.typing import PrecisionLike
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
+from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit
 from ._dropout import dropout
 from ._flax_attention import flax_attention, no_custom_einsums
 from ._noise import gaussian_dropout
@@ -44,6 +45,7 @@ __all__ = [
   "GaussianDropout",
   "DropPath",
   "DropBlock",
+  "ConcreteDropout",
   "attention_fn",
 ]
 
@@ -288,6 +290,90 @@ class DropBlock(_Member):
   spatial_axes: Sequence[int] = (1, 2)
   _function = staticmethod(drop_block)
   _options = ("block_size", "spatial_axes")
+
+
+class ConcreteDropout(nn.Module):
+  """`jaxdrop.concrete_dropout` as a Linen module whose rate is a trainable parameter.
+
+  The rate is ``sigmoid(rate_logit)``, with ``rate_logit`` in the ``"params"`` collection,
+  trained with the other parameters. Add `regularizer` of the layer the dropped units feed to
+  the loss (Gal et al.'s objective): it is what keeps the rate from falling to 0.
+
+  Attributes:
+    init_rate: the rate training starts from, in (0, 1) (0.1, as Gal et al.'s reference code).
+    temperature: the relaxation's temperature (0.1; 2/3 for the spatial form).
+    broadcast_dims: axes that share one noise value (the spatial axes for the spatial form).
+    weight_regularizer: the weight term's factor, ``l**2 / N`` for N training examples and a
+      prior length scale l (the reference class's default 1e-6).
+    dropout_regularizer: the entropy term's factor, ``2 / N`` (default 1e-5).
+    deterministic, rng_collection: as for `Dropout`, and so is the call; deterministic
+      returns the inputs unchanged. For MC-dropout predictions call with
+      ``deterministic=False``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdrop.linen
+    >>> layer = jaxdrop.linen.ConcreteDropout(init_rate=0.2)
+    >>> params = layer.init(jax.random.key(0), jnp.ones((4, 8)), deterministic=True)
+    >>> rngs = {"dropout": jax.random.key(1)}
+    >>> y = layer.apply(params, jnp.ones((4, 8)), deterministic=False, rngs=rngs)
+    >>> round(float(jax.nn.sigmoid(params["params"]["rate_logit"])), 6)
+    0.2
+    >>> r = layer.apply(params, jnp.ones((8, 3)), method=layer.regularizer)
+    >>> bool(r < 0)  # the entropy term dominates at these small factors
+    True
+  """
+
+  init_rate: float = 0.1
+  temperature: float = 0.1
+  broadcast_dims: Sequence[int] = ()
+  weight_regularizer: float = 1e-6
+  dropout_regularizer: float = 1e-5
+  deterministic: bool | None = None
+  rng_collection: str = "dropout"
+
+  def _rate(self) -> jax.Array:
+    return jax.nn.sigmoid(self.param("rate_logit", lambda _: initial_logit(self.init_rate)))
+
+  @nn.compact
+  def __call__(
+    self, inputs: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
+  ) -> jax.Array:
+    rate = self._rate()
+    flag = check.flag(
+      nn.merge_param("deterministic", self.deterministic, deterministic), "deterministic"
+    )
+    if flag is True:
+      return inputs
+    if rng is None:
+      rng = self.make_rng(self.rng_collection)
+    return concrete_dropout(
+      rng,
+      inputs,
+      rate,
+      temperature=self.temperature,
+      broadcast_dims=self.broadcast_dims,
+      deterministic=flag,
+    )
+
+  def regularizer(self, kernel: ArrayLike, *, input_dim: int | None = None) -> jax.Array:
+    """`jaxdrop.concrete_dropout_regularizer` at this layer's rate, for the `kernel` of the
+    layer its output feeds; `input_dim` defaults to ``kernel.shape[-2]``, the input features
+    of an ``nn.Dense`` kernel ``(in, out)`` and the input channels of an ``nn.Conv``. Call it
+    on the bound module (``apply(..., method=...)``, or from the parent's ``__call__``)."""
+    kernel = check.float_array(kernel, "kernel")
+    logit: jax.Array | None = self.get_variable("params", "rate_logit")
+    if logit is None:
+      raise ValueError(
+        "ConcreteDropout.regularizer needs the layer's parameters: call it on a bound module "
+        "whose variables hold params/rate_logit (initialise it with init first)"
+      )
+    return concrete_dropout_regularizer(
+      jax.nn.sigmoid(logit),
+      kernel,
+      input_dim=kernel.shape[-2] if input_dim is None else input_dim,
+      weight_regularizer=self.weight_regularizer,
+      dropout_regularizer=self.dropout_regularizer,
+    )
 
 
 def attention_fn(

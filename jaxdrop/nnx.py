@@ -10,7 +10,8 @@ changes: jaxdrop's, with its key-only backward pass. A ``rate`` held as an array
 ``nnx.Variable`` is state, so changing it does not retrace a jitted step.
 
 The family follows the same conventions (``ChannelDropout``, ``AlphaDropout``,
-``FeatureAlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock``), and `attention_fn`
+``FeatureAlphaDropout``, ``GaussianDropout``, ``DropPath``, ``DropBlock``, and
+``ConcreteDropout``, whose rate is an ``nnx.Param``), and `attention_fn`
 has the signature of ``nnx.dot_product_attention``, for
 ``nnx.MultiHeadAttention(..., attention_fn=jaxdrop.nnx.attention_fn)``.
 """
@@ -35,6 +36,7 @@ from flax.typing import PrecisionLike, PromoteDtypeFn
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
+from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit
 from ._dropout import dropout
 from ._flax_attention import flax_attention
 from ._noise import gaussian_dropout
@@ -48,6 +50,7 @@ __all__ = [
   "GaussianDropout",
   "DropPath",
   "DropBlock",
+  "ConcreteDropout",
   "attention_fn",
 ]
 
@@ -440,6 +443,86 @@ class DropBlock(_Member):
   ) -> None:
     super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
     self.block_size, self.spatial_axes = block_size, tuple(spatial_axes)
+
+
+class ConcreteDropout(_Member):
+  """`jaxdrop.concrete_dropout` as an NNX module whose rate is a trainable ``nnx.Param``.
+
+  The rate is ``sigmoid(rate_logit)``, with ``rate_logit`` an ``nnx.Param`` that the
+  optimizer updates with the other parameters (``nnx.Optimizer(model, tx, wrt=nnx.Param)``).
+  Add `regularizer` of the layer that the dropped units feed to the loss (Gal et al.'s
+  objective): it is what keeps the rate from falling to 0.
+
+  Args:
+    init_rate: the rate training starts from, in (0, 1) (0.1, as Gal et al.'s reference code).
+    temperature: the relaxation's temperature (0.1; 2/3 for the spatial form).
+    broadcast_dims: axes that share one noise value (the spatial axes for the spatial form).
+    weight_regularizer: the weight term's factor, ``l**2 / N`` for N training examples and a
+      prior length scale l (the reference class's default 1e-6).
+    dropout_regularizer: the entropy term's factor, ``2 / N`` (the reference class's default
+      1e-5).
+    deterministic, rng_collection, rngs: as for `Dropout`; ``model.eval()`` returns the inputs
+      unchanged, ``model.train()`` samples. For MC-dropout predictions keep it in training mode
+      (or call with ``deterministic=False``).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdrop
+    >>> from flax import nnx
+    >>> layer = jaxdrop.nnx.ConcreteDropout(init_rate=0.2, rngs=nnx.Rngs(dropout=0))
+    >>> round(float(layer.rate), 6)
+    0.2
+    >>> y = layer(jnp.ones((4, 8)))
+    >>> grads = nnx.grad(lambda m: jnp.var(m(jnp.ones((64, 64)))))(layer)
+    >>> bool(grads["rate_logit"][...] > 0)  # a higher rate, noisier activations
+    True
+    >>> layer.eval()
+    >>> bool(jnp.all(layer(jnp.ones((4, 8))) == 1))
+    True
+  """
+
+  _function = staticmethod(concrete_dropout)
+  _options = ("temperature", "broadcast_dims")
+
+  def __init__(
+    self,
+    *,
+    init_rate: float = 0.1,
+    temperature: float = 0.1,
+    broadcast_dims: Sequence[int] = (),
+    weight_regularizer: float = 1e-6,
+    dropout_regularizer: float = 1e-5,
+    deterministic: bool | None = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ) -> None:
+    self.rate_logit = nnx.Param(initial_logit(init_rate))
+    self.temperature, self.broadcast_dims = temperature, tuple(broadcast_dims)
+    self.weight_regularizer, self.dropout_regularizer = weight_regularizer, dropout_regularizer
+    self.deterministic = deterministic
+    self.rng_collection = rng_collection
+    self.rngs = _own_stream(rngs, rng_collection, type(self).__name__)
+
+  @property
+  def rate(self) -> jax.Array:  # type: ignore[override]
+    """The current drop rate, ``sigmoid(rate_logit)``."""
+    return jax.nn.sigmoid(self.rate_logit[...])
+
+  def regularizer(
+    self, kernel: ArrayLike | nnx.Variable, *, input_dim: int | None = None
+  ) -> jax.Array:
+    """`jaxdrop.concrete_dropout_regularizer` at this layer's rate, for the `kernel` of the
+    layer its output feeds; `input_dim` defaults to ``kernel.shape[-2]``, the input features
+    of an ``nnx.Linear`` kernel ``(in, out)`` and the input channels of an ``nnx.Conv``."""
+    kernel = check.float_array(
+      kernel[...] if isinstance(kernel, nnx.Variable) else kernel, "kernel"
+    )
+    return concrete_dropout_regularizer(
+      self.rate,
+      kernel,
+      input_dim=kernel.shape[-2] if input_dim is None else input_dim,
+      weight_regularizer=self.weight_regularizer,
+      dropout_regularizer=self.dropout_regularizer,
+    )
 
 
 def attention_fn(

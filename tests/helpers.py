@@ -42,6 +42,9 @@ SHARDED_MEMBERS = {
     k, x, r, 3, couple_channels=True, with_noise=True
   ),
   "zoneout": lambda k, x, r, **kw: jaxdrop.zoneout(k, -2 * x, x, r, **kw),
+  "concrete_dropout": jaxdrop.concrete_dropout,
+  # log alpha = log(rate / (1 - rate)): gaussian_dropout's variance.
+  "variational_dropout": lambda k, x, r: jaxdrop.variational_dropout(k, x, np.log(r / (1 - r))),
 }
 
 

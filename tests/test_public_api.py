@@ -20,6 +20,11 @@ def test_public_surface():
     "drop_path",
     "drop_block",
     "drop_connect",
+    "concrete_dropout",
+    "concrete_dropout_regularizer",
+    "variational_dropout",
+    "variational_dropout_kl",
+    "variational_dense",
     "dot_product_attention",
     "make_mask",
     "apply_mask",
@@ -46,6 +51,7 @@ ADAPTERS = {
     "GaussianDropout",
     "DropPath",
     "DropBlock",
+    "ConcreteDropout",
     "attention_fn",
   ],
   "linen": [
@@ -56,6 +62,7 @@ ADAPTERS = {
     "GaussianDropout",
     "DropPath",
     "DropBlock",
+    "ConcreteDropout",
     "attention_fn",
   ],
   "equinox": [
@@ -66,6 +73,7 @@ ADAPTERS = {
     "GaussianDropout",
     "DropPath",
     "DropBlock",
+    "ConcreteDropout",
   ],
   "haiku": [
     "dropout",

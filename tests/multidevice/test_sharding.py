@@ -241,3 +241,39 @@ def test_random_bits_out_sharding_draws_per_device(axis_type):
   assert f"[{','.join(map(str, SHAPE))}]" not in hlo, "a global-shape array on every device"
   assert bits.sharding.is_equivalent_to(sharding, len(SHAPE))
   np.testing.assert_array_equal(bits, jaxdrop.random_bits(KEY, SHAPE))
+
+
+LEARNED = {
+  "concrete_dropout": lambda k, x, p: jaxdrop.concrete_dropout(k, x, jax.nn.sigmoid(p)),
+  "spatial concrete_dropout": lambda k, x, p: jaxdrop.concrete_dropout(
+    k, x, jax.nn.sigmoid(p), broadcast_dims=(1, 2)
+  ),
+  "variational_dropout": jaxdrop.variational_dropout,
+}
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto", "explicit"])
+@pytest.mark.parametrize("mesh_name,spec", CASES, ids=[f"{m}-{s}" for m, s in CASES])
+@pytest.mark.parametrize("name", LEARNED)
+def test_learned_parameter_gradients_on_sharded_input(name, mesh_name, spec, axis_type):
+  # A per-channel rate (through its logit) or log_alpha: its gradient sums over the batch and
+  # the maps, so here a collective is expected; the forward pass needs none. Values and both
+  # gradients equal the unsharded call's.
+  f = LEARNED[name]
+  mesh = _mesh(mesh_name, axis_type)
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  g = jax.random.normal(jax.random.key(2), SHAPE)
+  param = jnp.linspace(-2.0, 0.0, SHAPE[-1])
+  loss = lambda x, p, g: jnp.sum(g * f(KEY, x, p))
+  expected = f(KEY, x, param), jax.grad(loss, (0, 1))(x, param, g)
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x, NamedSharding(mesh, spec))
+    gs = jax.device_put(g, NamedSharding(mesh, spec))
+    fwd = jax.jit(lambda x, p: f(KEY, x, p))
+    assert not COLLECTIVES.search(fwd.lower(xs, param).compile().as_text())
+    y, (dx, dp) = fwd(xs, param), jax.jit(jax.grad(loss, (0, 1)))(xs, param, gs)
+  assert y.sharding.is_equivalent_to(xs.sharding, x.ndim)
+  assert dx.sharding.is_equivalent_to(xs.sharding, x.ndim)
+  np.testing.assert_allclose(y, expected[0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(dx, expected[1][0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(dp, expected[1][1], rtol=1e-5, atol=1e-4)
