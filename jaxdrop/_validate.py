@@ -115,10 +115,10 @@ def real_array(
     raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}") from err
   if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
     raise TypeError(f"{name} must be {what}, got an array of dtype {array.dtype.name}")
-  try:
-    grown = np.broadcast_shapes(array.shape, shape) != tuple(shape)
-  except ValueError:
-    grown = True
+  # Each axis of `value` is 1 or x's size (which may be symbolic: `==` compares expressions).
+  grown = array.ndim > len(shape) or any(
+    n != 1 and not n == size for n, size in zip(array.shape[::-1], shape[::-1])
+  )
   if grown:
     raise ValueError(
       f"{name} must be a scalar or an array that broadcasts to x's shape {tuple(shape)}, "

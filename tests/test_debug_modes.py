@@ -28,7 +28,9 @@ def test_no_nan_or_inf_is_built_on_valid_input_op_by_op(name, check):
 
 
 EVERY_RATE = {
-  **SHARDED_MEMBERS,  # the family, zoneout, stochastic depth, gaussian_noise's stddev
+  # the family, zoneout, stochastic depth, gaussian_noise's stddev, concrete dropout (variational
+  # dropout's log_alpha has its own test below)
+  **{name: f for name, f in SHARDED_MEMBERS.items() if name != "variational_dropout"},
   "make_mask": lambda k, x, r: jaxdrop.apply_mask(jaxdrop.make_mask(k, x.shape, r), x),
   "dot_product_attention": lambda k, x, r: jaxdrop.dot_product_attention(
     x, x, x, dropout_key=k, dropout_rate=r, implementation="chunked"
@@ -44,6 +46,14 @@ def test_debug_nans_still_fires_on_an_invalid_traced_rate(name):
   assert bool(jnp.all(jnp.isnan(jax.jit(lambda r: f(KEY, X, r))(-0.5))))
   with jax.debug_nans(True), pytest.raises(ValueError, match=r"(rate|stddev) must be .*got -0.5"):
     jax.jit(lambda r: f(KEY, X, r))(-0.5)
+
+
+def test_debug_nans_fires_on_an_infinite_traced_log_alpha():
+  # (A NaN argument itself trips debug_nans where it is made, before the call.)
+  f = jax.jit(lambda la: jaxdrop.variational_dropout(KEY, X, la))
+  assert bool(jnp.all(jnp.isnan(f(jnp.inf))))
+  with jax.debug_nans(True), pytest.raises(ValueError, match="log_alpha must be < inf and not NaN"):
+    f(jnp.inf)
 
 
 @pytest.mark.parametrize("name", [n for n in MEMBERS])

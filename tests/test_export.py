@@ -76,6 +76,18 @@ MEMBER_EXPORTS = {
   "make_mask and apply_mask": lambda k, x: jaxdrop.apply_mask(
     jaxdrop.make_mask(k, (x.shape[0], 1, x.shape[2], x.shape[3]), RATE), x
   ),
+  "concrete_dropout": lambda k, x: jaxdrop.concrete_dropout(k, x, RATE),
+  "concrete_dropout per channel, spatial": lambda k, x: jaxdrop.concrete_dropout(
+    k, x, jnp.full((3,), RATE), broadcast_dims=(1, 2)
+  ),
+  "concrete_dropout_regularizer": lambda k, x: jaxdrop.concrete_dropout_regularizer(
+    RATE, x, input_dim=6, weight_regularizer=1e-3, dropout_regularizer=1e-2
+  ),
+  "variational_dropout": lambda k, x: jaxdrop.variational_dropout(k, x, jnp.full((3,), -1.0)),
+  "variational_dropout_kl": lambda k, x: jaxdrop.variational_dropout_kl(x),
+  "variational_dense": lambda k, x: jaxdrop.variational_dense(
+    k, x, jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), -1.0
+  ),
   "mc_dropout": lambda k, x: (
     jaxdrop.mc_dropout(
       lambda k, x: jnp.tanh(jaxdrop.dropout(k, x, RATE)), k, 3, x, return_samples=False
@@ -85,7 +97,15 @@ MEMBER_EXPORTS = {
 # The gradient of the reloaded artifact for the members with derivative code of their own
 # (the rest share dropout's one backward rule); each costs an export of the derivative and two
 # more compilations.
-WITH_GRADIENT = ("dropout", "drop_block", "zoneout", "stochastic_depth", "make_mask and apply_mask")
+WITH_GRADIENT = (
+  "dropout",
+  "drop_block",
+  "zoneout",
+  "stochastic_depth",
+  "make_mask and apply_mask",
+  "concrete_dropout per channel, spatial",
+  "variational_dense",
+)
 
 
 def test_every_public_function_is_exported_here():
