@@ -153,6 +153,8 @@ def test_shard_map_gradient_and_family_members():
     jaxdrop.gaussian_dropout,
     jaxdrop.gaussian_noise,
     MEMBERS["zoneout"],
+    jaxdrop.concrete_dropout,
+    lambda k, x, r, **kw: jaxdrop.variational_dropout(k, x, jnp.log(r / (1 - r)), **kw),
   ):
     expected = f(KEY, x, 0.3)
     cotangent = jax.random.normal(jax.random.key(2), SHAPE)  # linear loss: see test_sharded_member
@@ -277,3 +279,24 @@ def test_learned_parameter_gradients_on_sharded_input(name, mesh_name, spec, axi
   np.testing.assert_allclose(y, expected[0], rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(dx, expected[1][0], rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(dp, expected[1][1], rtol=1e-5, atol=1e-4)
+
+
+def test_shard_map_learned_rate_gradient():
+  # A per-channel rate replicated into shard_map (unvarying over the mesh): JAX sums its
+  # cotangent over the blocks (the transpose of the implicit pvary), so each block's gradient
+  # is already the unsharded call's.
+  mesh = _mesh("1d", AxisType.Explicit)
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  g = jax.random.normal(jax.random.key(2), SHAPE)
+  rate = jnp.linspace(0.1, 0.6, SHAPE[-1])
+  spec = P("d")
+  expected = jax.grad(lambda r: jnp.sum(g * jaxdrop.concrete_dropout(KEY, x, r)))(rate)
+
+  def block(k, x, g, r):
+    return jax.grad(lambda r: jnp.sum(g * jaxdrop.concrete_dropout(k, x, r, shard_spec=spec)))(r)
+
+  with jax.set_mesh(mesh):
+    xs, gs = (jax.device_put(a, NamedSharding(mesh, spec)) for a in (x, g))
+    f = jax.shard_map(block, in_specs=(P(), spec, spec, P()), out_specs=P())
+    got = jax.jit(f)(KEY, xs, gs, rate)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
