@@ -117,7 +117,9 @@ class TestConcreteDropout:
   def test_rate_gradient_against_finite_differences(self, shape, rate_shape, broadcast_dims):
     x = jax.random.normal(jax.random.key(1), shape)
     g = jax.random.normal(jax.random.key(2), shape)
-    rate = jnp.full(rate_shape, 0.3) + 0.05 * jnp.arange(math.prod(rate_shape)).reshape(rate_shape)
+    rate = jnp.full(rate_shape, 0.3) + 0.05 * jnp.arange(
+      math.prod(rate_shape), dtype=jnp.float32
+    ).reshape(rate_shape)
     loss = lambda r: jnp.sum(
       g * jaxdrop.concrete_dropout(KEY, x, r, temperature=0.5, broadcast_dims=broadcast_dims)
     )
