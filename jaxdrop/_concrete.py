@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Sequence
 
 import jax
@@ -230,12 +229,7 @@ def concrete_dropout_regularizer(
   """
   check.probability(rate, "rate")
   kernel = check.float_array(kernel, "kernel")
-  try:
-    dim = operator.index(input_dim)
-  except TypeError as err:
-    raise TypeError(f"input_dim must be a positive int, got {input_dim!r}") from err
-  if isinstance(input_dim, (bool, np.bool_)) or dim < 1:
-    raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+  dim = check.positive_int(input_dim, "input_dim")
   check.nonnegative(weight_regularizer, "weight_regularizer")
   check.nonnegative(dropout_regularizer, "dropout_regularizer")
   return _regularizer(rate, kernel, dim, weight_regularizer, dropout_regularizer)

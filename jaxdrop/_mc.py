@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from . import _validate as check
 from ._dropout import compute_dtype
 from ._keys import as_typed_key
 
@@ -37,14 +37,6 @@ class MCResult(NamedTuple):
   mean: Any
   variance: Any
   samples: Any
-
-
-def _positive_int(value: object, name: str) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be a positive integer, got {value!r}")
-  if value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return int(value)
 
 
 def _moments(samples: Any) -> tuple[Any, Any]:
@@ -123,9 +115,9 @@ def mc_dropout(
   """
   if not callable(fn):
     raise TypeError(f"fn must be callable as fn(key, *args), got {type(fn).__name__}")
-  num_samples = _positive_int(num_samples, "num_samples")
+  num_samples = check.positive_int(num_samples, "num_samples")
   if chunk_size is not None:
-    chunk_size = min(_positive_int(chunk_size, "chunk_size"), num_samples)
+    chunk_size = min(check.positive_int(chunk_size, "chunk_size"), num_samples)
   keys = jax.random.split(as_typed_key(key, name="key"), num_samples)
 
   def one(k: jax.Array) -> Any:

@@ -130,6 +130,15 @@ def real_array(
   return array, None if is_traced(value) or is_traced(array) else np.asarray(value, np.float64)
 
 
+def positive_int(value: object, name: str) -> int:
+  """A Python or NumPy integer >= 1 (not a bool), as an int."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be a positive integer, got {value!r}")
+  if value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
 def nonnegative(value: ArrayLike, name: str) -> float | None:
   """Checks a finite real number >= 0; returns it as a float if concrete, None if traced."""
   number = _real_scalar(value, name, "finite and >= 0")
