@@ -193,6 +193,19 @@ def concrete_dropout_regularizer(
   entropy of Bernoulli(p), which is what pushes the rate up (towards 1/2) against the data
   term. Add it, per dropped layer, to the mean loss over a batch.
 
+  With one rate per input unit (:math:`p_k`, `concrete_dropout` given an array of rates), the
+  KL is the sum of the units' terms: each row of weights :math:`W_k` that unit :math:`k`
+  feeds is scaled by its own keep probability,
+
+  .. math::
+
+     R(p, W) = \sum_{k=1}^{K} \left( \lambda_w \frac{\lVert W_k \rVert^2}{1 - p_k}
+       + \lambda_p \left(p_k \log p_k + (1 - p_k) \log(1 - p_k)\right) \right).
+
+  Pass such a `rate` shaped to broadcast against `kernel` along its input axis: ``(K, 1)``
+  for a Flax ``(in, out)`` kernel, ``(K,)`` for an Equinox ``(out, in)`` weight, ``(K, 1)``
+  for a Flax ``(h, w, in, out)`` convolution kernel with one rate per input channel.
+
   The reference code's defaults, for N training examples and a prior length scale l:
   ``weight_regularizer = l**2 / N`` and ``dropout_regularizer = 2 / N`` (for a Gaussian
   likelihood with precision :math:`\tau` the paper has ``2 / (tau * N)``; the reference code
@@ -200,11 +213,12 @@ def concrete_dropout_regularizer(
   channel map, `concrete_dropout` with the spatial axes in ``broadcast_dims``), `input_dim`
   is the number of input channels.
 
-  Differentiable in `rate` and `kernel`; `rate` must be a scalar in (0, 1) for a finite
-  value (at 0 or 1 the entropy term is 0 by continuity, the first term may be inf).
+  Differentiable in `rate` and `kernel`; keep the rates inside (0, 1) for a finite value (at 0
+  or 1 the entropy term is 0 by continuity, the first term may be inf).
 
   Args:
-    rate: the layer's drop probability (a scalar, traced or concrete).
+    rate: the layer's drop probability: a scalar, or `input_dim` of them (one per input unit)
+      in an array that broadcasts to `kernel`'s shape, as above. Traced or concrete.
     kernel: the weights applied to the dropped input (any shape; its squares are summed).
     input_dim: K, the number of units dropped per example (features of a dense input,
       channels of a convolution's input): a positive int.
@@ -223,32 +237,48 @@ def concrete_dropout_regularizer(
     ... )
     >>> print(f"{float(r):.5f}")  # 2/1000 * 8 * log(1/2)
     -0.01109
+    >>> per_unit = jnp.full((8, 1), 0.5)  # one rate per input unit of the (in, out) kernel
+    >>> r2 = jaxdrop.concrete_dropout_regularizer(
+    ...   per_unit, w, input_dim=8, weight_regularizer=1e-4**2 / n, dropout_regularizer=2 / n
+    ... )
+    >>> bool(jnp.allclose(r, r2))  # equal rates: the scalar rate's value
+    True
 
   References:
     Gal, Hron and Kendall, "Concrete Dropout", NeurIPS 2017 (eq. 3 and its reference code).
   """
-  check.probability(rate, "rate")
   kernel = check.float_array(kernel, "kernel")
   dim = check.positive_int(input_dim, "input_dim")
+  what = f"a drop probability in [0, 1], or input_dim = {dim} of them"
+  rate_array, rate_values = check.real_array(rate, "rate", kernel.shape, what, "kernel")
+  if rate_array.size not in (1, dim):
+    raise ValueError(
+      f"rate must be a scalar or hold one rate per input unit (input_dim = {dim}), got "
+      f"shape {np.shape(rate)} ({rate_array.size} rates)"
+    )
+  if rate_values is not None and not np.all((rate_values >= 0) & (rate_values <= 1)):
+    raise ValueError(f"rate must be in [0, 1] (the probability of dropping a unit), got {rate!r}")
   check.nonnegative(weight_regularizer, "weight_regularizer")
   check.nonnegative(dropout_regularizer, "dropout_regularizer")
-  return _regularizer(rate, kernel, dim, weight_regularizer, dropout_regularizer)
+  return _regularizer(rate_array, kernel, dim, weight_regularizer, dropout_regularizer)
 
 
 @jax.jit
 def _regularizer(
-  rate: ArrayLike,
+  rate: jax.Array,
   kernel: jax.Array,
   input_dim: int | jax.Array,
   weight_regularizer: ArrayLike,
   dropout_regularizer: ArrayLike,
 ) -> jax.Array:
   work = compute_dtype(kernel.dtype)
-  p = jnp.asarray(rate).astype(work)
-  squares = jnp.sum(jnp.square(kernel.astype(work)))
-  weight_term = jnp.asarray(weight_regularizer).astype(work) * squares / (1 - p)
+  p = rate.astype(work)
+  scaled = jnp.sum(jnp.square(kernel.astype(work)) / (1 - p))
+  weight_term = jnp.asarray(weight_regularizer).astype(work) * scaled
   negentropy = jax.scipy.special.xlogy(p, p) + jax.scipy.special.xlogy(1 - p, 1 - p)
-  dropout_term = jnp.asarray(dropout_regularizer).astype(work) * input_dim * negentropy
+  # A scalar rate stands for input_dim equal ones; an array holds input_dim of them.
+  units = input_dim // p.size
+  dropout_term = jnp.asarray(dropout_regularizer).astype(work) * units * jnp.sum(negentropy)
   return weight_term + dropout_term
 
 

@@ -101,11 +101,11 @@ def probability(value: ArrayLike, name: str = "rate") -> float | None:
 
 
 def real_array(
-  value: ArrayLike, name: str, shape: tuple[int, ...], what: str
+  value: ArrayLike, name: str, shape: tuple[int, ...], what: str, against: str = "x"
 ) -> tuple[jax.Array, np.ndarray | None]:
-  """A real scalar or array broadcastable to `shape` (it must not grow it), as a floating JAX
-  array of `shape`'s rank (leading axes of size 1 added), and its values on the host when
-  concrete (None when traced)."""
+  """A real scalar or array broadcastable to `shape`, the shape of the argument named
+  `against` (it must not grow it), as a floating JAX array of `shape`'s rank (leading axes of
+  size 1 added), and its values on the host when concrete (None when traced)."""
   not_a_key(value, name, what)
   if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be {what}, got {value!r}")
@@ -121,8 +121,8 @@ def real_array(
   )
   if grown:
     raise ValueError(
-      f"{name} must be a scalar or an array that broadcasts to x's shape {tuple(shape)}, "
-      f"got shape {array.shape}"
+      f"{name} must be a scalar or an array that broadcasts to {against}'s shape "
+      f"{tuple(shape)}, got shape {array.shape}"
     )
   if not jnp.issubdtype(array.dtype, jnp.floating):
     array = array.astype(jnp.float32)

@@ -227,11 +227,51 @@ class TestConcreteRegularizer:
     # the dropout term alone is maximal in entropy at p = 1/2
     assert abs(float(jax.grad(f)(0.5, 0 * w))) < 1e-6
 
+  @pytest.mark.parametrize("layout", ["in_out", "out_in", "conv"])
+  def test_one_rate_per_input_unit_sums_the_units_terms(self, layout):
+    # Flax (in, out) kernels take rates (K, 1); Equinox (out, in) weights rates (K,); a Flax
+    # (h, w, in, out) convolution kernel one rate per input channel, (K, 1).
+    k = 5
+    shape, rate_shape, rows = {
+      "in_out": ((k, 3), (k, 1), lambda w: w),
+      "out_in": ((3, k), (k,), lambda w: w.T),
+      "conv": ((2, 2, k, 3), (k, 1), lambda w: np.moveaxis(w, 2, 0).reshape(k, -1)),
+    }[layout]
+    w = jax.random.normal(jax.random.key(2), shape)
+    p = jax.random.uniform(jax.random.key(3), rate_shape, minval=0.05, maxval=0.6)
+    got = jaxdrop.concrete_dropout_regularizer(
+      p, w, input_dim=k, weight_regularizer=0.3, dropout_regularizer=0.7
+    )
+    p64 = np.asarray(p, np.float64).reshape(k)
+    per_row = np.sum(rows(np.asarray(w, np.float64)).reshape(k, -1) ** 2, 1)
+    expected = np.sum(
+      0.3 * per_row / (1 - p64) + 0.7 * (p64 * np.log(p64) + (1 - p64) * np.log(1 - p64))
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # each unit's rate gets its own derivative: 0.3 |W_k|^2 / (1-p_k)^2 + 0.7 log(p_k/(1-p_k))
+    grad = jax.jit(
+      jax.grad(
+        lambda p: jaxdrop.concrete_dropout_regularizer(
+          p, w, input_dim=k, weight_regularizer=0.3, dropout_regularizer=0.7
+        )
+      )
+    )(p)
+    expected_grad = 0.3 * per_row / (1 - p64) ** 2 + 0.7 * np.log(p64 / (1 - p64))
+    np.testing.assert_allclose(np.reshape(grad, k), expected_grad, rtol=1e-4)
+
   @pytest.mark.parametrize(
     "kwargs,error,match",
     [
       (dict(rate=1.5), ValueError, r"rate must be in \[0, 1\]"),
-      (dict(rate=jnp.ones(3) * 0.1), ValueError, "rate must be a scalar"),
+      (
+        dict(rate=jnp.ones(3) * 0.1),
+        ValueError,
+        "rate must be a scalar or an array that "
+        r"broadcasts to kernel's shape \(3, 2\), got shape \(3,\)",
+      ),
+      (dict(rate=jnp.ones((1, 2)) * 0.1), ValueError, r"one rate per input unit \(input_dim = 3"),
+      (dict(rate=jnp.array([[0.1], [1.5], [0.1]])), ValueError, r"rate must be in \[0, 1\]"),
+      (dict(rate=True), TypeError, "rate must be a drop probability"),
       (dict(input_dim=0), ValueError, "input_dim must be a positive int"),
       (dict(input_dim=2.5), TypeError, "input_dim must be a positive int"),
       (dict(weight_regularizer=-1.0), ValueError, "weight_regularizer must be finite and >= 0"),
