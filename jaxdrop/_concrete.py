@@ -282,9 +282,21 @@ def _regularizer(
   return weight_term + dropout_term
 
 
-def initial_logit(init_rate: float) -> jax.Array:
-  """The logit a module's trainable rate starts from: ``log(init_rate / (1 - init_rate))``."""
+def initial_logit(init_rate: float, rate_shape: Sequence[int] = ()) -> jax.Array:
+  """The logits a module's trainable rates start from: ``log(init_rate / (1 - init_rate))``
+  in an array of `rate_shape` (``()``: one rate for the layer)."""
   value = check.probability(init_rate, "init_rate")
   if value is None or not 0.0 < value < 1.0:
     raise ValueError(f"init_rate must be a concrete number in (0, 1), got {init_rate!r}")
-  return jnp.asarray(math.log(value) - math.log1p(-value), jnp.float32)
+  shape = check.shape(rate_shape, "rate_shape")
+  return jnp.full(shape, math.log(value) - math.log1p(-value), jnp.float32)
+
+
+def rate_along(rate: jax.Array, ndim: int, axis: int) -> jax.Array:
+  """A module's rates, a scalar or one per unit in any shape, laid along the input `axis` of
+  a kernel of rank `ndim`, as `concrete_dropout_regularizer` takes them."""
+  if rate.ndim == 0:
+    return rate
+  shape = [1] * ndim
+  shape[axis] = -1
+  return rate.reshape(shape)

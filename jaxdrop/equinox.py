@@ -32,7 +32,7 @@ except ImportError as err:  # the core needs jax alone; the adapter needs its fr
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
-from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit
+from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit, rate_along
 from ._dropout import dropout
 from ._noise import gaussian_dropout
 from ._structured import channel_dropout, drop_path
@@ -310,6 +310,9 @@ class ConcreteDropout(eqx.Module):
 
   Args:
     init_rate: the rate training starts from, in (0, 1) (0.1, as Gal et al.'s reference code).
+    rate_shape: the shape of the learned rates, broadcast against an example: ``()`` (one rate
+      for the layer, the reference code's) or one rate per unit, ``(features,)`` for a vector
+      and ``(C, 1, 1)`` per channel of a ``(C, H, W)`` example.
     temperature: the relaxation's temperature (0.1; 2/3 for the spatial form).
     broadcast_dims: axes of an example that share one noise value (the spatial axes of a
       ``(C, H, W)`` example for the spatial form).
@@ -341,20 +344,21 @@ class ConcreteDropout(eqx.Module):
     self,
     init_rate: float = 0.1,
     *,
+    rate_shape: Sequence[int] = (),
     temperature: float = 0.1,
     broadcast_dims: Sequence[int] = (),
     weight_regularizer: float = 1e-6,
     dropout_regularizer: float = 1e-5,
     inference: bool = False,
   ) -> None:
-    self.rate_logit = initial_logit(init_rate)
+    self.rate_logit = initial_logit(init_rate, rate_shape)
     self.temperature, self.broadcast_dims = temperature, tuple(broadcast_dims)
     self.weight_regularizer, self.dropout_regularizer = weight_regularizer, dropout_regularizer
     self.inference = inference
 
   @property
   def rate(self) -> jax.Array:
-    """The current drop rate, ``sigmoid(rate_logit)``."""
+    """The current drop rates, ``sigmoid(rate_logit)``."""
     return jax.nn.sigmoid(self.rate_logit)
 
   def __call__(
@@ -378,13 +382,13 @@ class ConcreteDropout(eqx.Module):
     )
 
   def regularizer(self, weight: ArrayLike, *, input_dim: int | None = None) -> jax.Array:
-    """`jaxdrop.concrete_dropout_regularizer` at this layer's rate, for the `weight` of the
+    """`jaxdrop.concrete_dropout_regularizer` at this layer's rates, for the `weight` of the
     layer its output feeds; `input_dim` defaults to ``weight.shape[1]``, the input features of
     an ``eqx.nn.Linear`` weight ``(out, in)`` and the input channels of an ``eqx.nn.Conv``
-    weight ``(out, in, ...)``."""
+    weight ``(out, in, ...)``, the axis along which per-unit rates are laid."""
     weight = check.float_array(weight, "weight")
     return concrete_dropout_regularizer(
-      self.rate,
+      rate_along(self.rate, weight.ndim, 1),
       weight,
       input_dim=weight.shape[1] if input_dim is None else input_dim,
       weight_regularizer=self.weight_regularizer,

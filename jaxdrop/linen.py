@@ -31,7 +31,7 @@ from flax.typing import PrecisionLike
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
-from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit
+from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit, rate_along
 from ._dropout import dropout
 from ._flax_attention import flax_attention, no_custom_einsums
 from ._noise import gaussian_dropout
@@ -301,6 +301,9 @@ class ConcreteDropout(nn.Module):
 
   Attributes:
     init_rate: the rate training starts from, in (0, 1) (0.1, as Gal et al.'s reference code).
+    rate_shape: the shape of the learned rates, broadcast against the inputs: ``()`` (one rate
+      for the layer, the reference code's) or one rate per unit, ``(features,)`` (per channel
+      of a feature map too).
     temperature: the relaxation's temperature (0.1; 2/3 for the spatial form).
     broadcast_dims: axes that share one noise value (the spatial axes for the spatial form).
     weight_regularizer: the weight term's factor, ``l**2 / N`` for N training examples and a
@@ -324,6 +327,7 @@ class ConcreteDropout(nn.Module):
   """
 
   init_rate: float = 0.1
+  rate_shape: Sequence[int] = ()
   temperature: float = 0.1
   broadcast_dims: Sequence[int] = ()
   weight_regularizer: float = 1e-6
@@ -332,7 +336,8 @@ class ConcreteDropout(nn.Module):
   rng_collection: str = "dropout"
 
   def _rate(self) -> jax.Array:
-    return jax.nn.sigmoid(self.param("rate_logit", lambda _: initial_logit(self.init_rate)))
+    logit = self.param("rate_logit", lambda _: initial_logit(self.init_rate, self.rate_shape))
+    return jax.nn.sigmoid(logit)
 
   @nn.compact
   def __call__(
@@ -356,10 +361,11 @@ class ConcreteDropout(nn.Module):
     )
 
   def regularizer(self, kernel: ArrayLike, *, input_dim: int | None = None) -> jax.Array:
-    """`jaxdrop.concrete_dropout_regularizer` at this layer's rate, for the `kernel` of the
+    """`jaxdrop.concrete_dropout_regularizer` at this layer's rates, for the `kernel` of the
     layer its output feeds; `input_dim` defaults to ``kernel.shape[-2]``, the input features
-    of an ``nn.Dense`` kernel ``(in, out)`` and the input channels of an ``nn.Conv``. Call it
-    on the bound module (``apply(..., method=...)``, or from the parent's ``__call__``)."""
+    of an ``nn.Dense`` kernel ``(in, out)`` and the input channels of an ``nn.Conv``, the axis
+    along which per-unit rates are laid. Call it on the bound module (``apply(...,
+    method=...)``, or from the parent's ``__call__``)."""
     kernel = check.float_array(kernel, "kernel")
     logit: jax.Array | None = self.get_variable("params", "rate_logit")
     if logit is None:
@@ -368,7 +374,7 @@ class ConcreteDropout(nn.Module):
         "whose variables hold params/rate_logit (initialise it with init first)"
       )
     return concrete_dropout_regularizer(
-      jax.nn.sigmoid(logit),
+      rate_along(jax.nn.sigmoid(logit), kernel.ndim, -2),
       kernel,
       input_dim=kernel.shape[-2] if input_dim is None else input_dim,
       weight_regularizer=self.weight_regularizer,

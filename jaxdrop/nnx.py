@@ -36,7 +36,7 @@ from flax.typing import PrecisionLike, PromoteDtypeFn
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
-from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit
+from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit, rate_along
 from ._dropout import dropout
 from ._flax_attention import flax_attention
 from ._noise import gaussian_dropout
@@ -58,9 +58,12 @@ Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
 def _rate_value(rate: ArrayLike | nnx.Variable) -> tuple[ArrayLike, float | None]:
-  """The rate (the value of an ``nnx.Variable`` holding it), checked where it is concrete;
-  returns ``(rate, its float or None when traced)``."""
+  """The rate (the value of an ``nnx.Variable`` holding it), checked where it is a concrete
+  scalar; returns ``(rate, its float or None when traced)``. An array of rates (one per unit,
+  `ConcreteDropout`'s) is left to the function to check, and never skips the draw."""
   rate = rate[...] if isinstance(rate, nnx.Variable) else rate
+  if jnp.ndim(rate) != 0:
+    return rate, None
   return rate, check.probability(rate, "rate")
 
 
@@ -455,6 +458,9 @@ class ConcreteDropout(_Member):
 
   Args:
     init_rate: the rate training starts from, in (0, 1) (0.1, as Gal et al.'s reference code).
+    rate_shape: the shape of the learned rates, broadcast against the inputs: ``()`` (one rate
+      for the layer, the reference code's) or one rate per unit, ``(features,)`` (per channel
+      of a feature map too).
     temperature: the relaxation's temperature (0.1; 2/3 for the spatial form).
     broadcast_dims: axes that share one noise value (the spatial axes for the spatial form).
     weight_regularizer: the weight term's factor, ``l**2 / N`` for N training examples and a
@@ -487,6 +493,7 @@ class ConcreteDropout(_Member):
     self,
     *,
     init_rate: float = 0.1,
+    rate_shape: Sequence[int] = (),
     temperature: float = 0.1,
     broadcast_dims: Sequence[int] = (),
     weight_regularizer: float = 1e-6,
@@ -495,7 +502,7 @@ class ConcreteDropout(_Member):
     rng_collection: str = "dropout",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
   ) -> None:
-    self.rate_logit = nnx.Param(initial_logit(init_rate))
+    self.rate_logit = nnx.Param(initial_logit(init_rate, rate_shape))
     self.temperature, self.broadcast_dims = temperature, tuple(broadcast_dims)
     self.weight_regularizer, self.dropout_regularizer = weight_regularizer, dropout_regularizer
     self.deterministic = deterministic
@@ -504,20 +511,21 @@ class ConcreteDropout(_Member):
 
   @property
   def rate(self) -> jax.Array:  # type: ignore[override]
-    """The current drop rate, ``sigmoid(rate_logit)``."""
+    """The current drop rates, ``sigmoid(rate_logit)``."""
     return jax.nn.sigmoid(self.rate_logit[...])
 
   def regularizer(
     self, kernel: ArrayLike | nnx.Variable, *, input_dim: int | None = None
   ) -> jax.Array:
-    """`jaxdrop.concrete_dropout_regularizer` at this layer's rate, for the `kernel` of the
+    """`jaxdrop.concrete_dropout_regularizer` at this layer's rates, for the `kernel` of the
     layer its output feeds; `input_dim` defaults to ``kernel.shape[-2]``, the input features
-    of an ``nnx.Linear`` kernel ``(in, out)`` and the input channels of an ``nnx.Conv``."""
+    of an ``nnx.Linear`` kernel ``(in, out)`` and the input channels of an ``nnx.Conv``, the
+    axis along which per-unit rates are laid."""
     kernel = check.float_array(
       kernel[...] if isinstance(kernel, nnx.Variable) else kernel, "kernel"
     )
     return concrete_dropout_regularizer(
-      self.rate,
+      rate_along(self.rate, kernel.ndim, -2),
       kernel,
       input_dim=kernel.shape[-2] if input_dim is None else input_dim,
       weight_regularizer=self.weight_regularizer,

@@ -33,6 +33,23 @@ def functional_loss(logit):
   return jnp.sum(G * jaxdrop.concrete_dropout(KEY, X, jax.nn.sigmoid(logit), temperature=0.5))
 
 
+# One rate per unit (rate_shape=(8,)): distinct logits, so that a rate laid along the wrong
+# kernel axis, or one unit's gradient given to another, fails the checks.
+LOGITS = jnp.linspace(-3.0, 0.5, 8)
+REG = dict(weight_regularizer=1e-3, dropout_regularizer=0.1)
+
+
+def per_unit_checks(rate_grad, regularizer, kernel_rows):
+  """The per-unit logits' gradient equals the functional one, unit by unit, and the
+  regulariser equals the functional per-unit form with the rates along `kernel_rows`."""
+  np.testing.assert_allclose(rate_grad, jax.grad(functional_loss)(LOGITS), rtol=1e-4, atol=1e-6)
+  rates = jax.nn.sigmoid(LOGITS)
+  w2 = np.sum(np.asarray(kernel_rows, np.float64) ** 2, 1)
+  p = np.asarray(rates, np.float64)
+  expected = np.sum(1e-3 * w2 / (1 - p) + 0.1 * (p * np.log(p) + (1 - p) * np.log(1 - p)))
+  np.testing.assert_allclose(regularizer, expected, rtol=1e-5)
+
+
 class TestNNX:
   def test_values_gradient_switch_and_training(self):
     layer = jdnnx.ConcreteDropout(init_rate=0.2, temperature=0.5, rngs=nnx.Rngs(dropout=1))
@@ -63,6 +80,14 @@ class TestNNX:
       jdnnx.ConcreteDropout(init_rate=0.0)
     with pytest.raises(ValueError, match="no `rngs` argument was provided to ConcreteDropout"):
       jdnnx.ConcreteDropout()(X)
+
+  def test_one_rate_per_unit(self):
+    layer = jdnnx.ConcreteDropout(rate_shape=(8,), temperature=0.5, **REG)
+    assert layer.rate_logit[...].shape == (8,)
+    layer.rate_logit[...] = LOGITS
+    grads = nnx.grad(lambda m: jnp.sum(G * m(X, rngs=KEY)))(layer)
+    linear = nnx.Linear(8, 4, rngs=nnx.Rngs(params=0))  # kernel (in, out): a row per unit
+    per_unit_checks(grads["rate_logit"][...], layer.regularizer(linear.kernel), linear.kernel[...])
 
 
 class TestLinen:
@@ -110,6 +135,19 @@ class TestLinen:
     with pytest.raises(ValueError, match="init_rate must be"):
       jdlinen.ConcreteDropout(init_rate=1.0).init(jax.random.key(0), X, deterministic=True)
 
+  def test_one_rate_per_unit(self):
+    layer = jdlinen.ConcreteDropout(rate_shape=(8,), temperature=0.5, **REG)
+    variables = layer.init(jax.random.key(0), X, deterministic=True)
+    assert variables["params"]["rate_logit"].shape == (8,)
+    variables = {"params": {"rate_logit": LOGITS}}
+    loss = lambda v: jnp.sum(G * layer.apply(v, X, deterministic=False, rng=KEY))
+    grad = jax.grad(loss)(variables)["params"]["rate_logit"]
+    kernel = jax.random.normal(jax.random.key(4), (8, 4))  # (in, out): a row per unit
+    reg = layer.apply(variables, kernel, method=layer.regularizer)
+    per_unit_checks(grad, reg, kernel)
+    with pytest.raises(ValueError, match=r"rate must be a scalar or an array that broadcasts"):
+      layer.apply(variables, X[:, :5], deterministic=False, rng=KEY)
+
 
 class TestEquinox:
   def test_values_gradient_switch_and_training(self):
@@ -135,6 +173,28 @@ class TestEquinox:
       layer.rate, linear.weight, input_dim=8, weight_regularizer=1e-3, dropout_regularizer=0.1
     )
     np.testing.assert_allclose(layer.regularizer(linear.weight), expected, rtol=1e-6)
+
+  def test_one_rate_per_unit(self):
+    layer = jdeqx.ConcreteDropout(rate_shape=(8,), temperature=0.5, **REG)
+    assert layer.rate_logit.shape == (8,)
+    layer = eqx.tree_at(lambda m: m.rate_logit, layer, LOGITS)
+    grads = eqx.filter_grad(lambda m: jnp.sum(G * m(X, key=KEY)))(layer)
+    linear = eqx.nn.Linear(8, 4, key=jax.random.key(0))  # weight (out, in): a column per unit
+    per_unit_checks(grads.rate_logit, layer.regularizer(linear.weight), linear.weight.T)
+    # per channel of a (C, H, W) example, and an eqx.nn.Conv2d weight (out, in, kh, kw)
+    conv_layer = jdeqx.ConcreteDropout(rate_shape=(8, 1, 1), **REG)
+    conv_layer = eqx.tree_at(lambda m: m.rate_logit, conv_layer, LOGITS.reshape(8, 1, 1))
+    y = conv_layer(jnp.ones((8, 3, 3)), key=KEY)
+    assert y.shape == (8, 3, 3)
+    conv = eqx.nn.Conv2d(8, 2, 3, key=jax.random.key(1))
+    rows = np.moveaxis(np.asarray(conv.weight), 1, 0).reshape(8, -1)
+    np.testing.assert_allclose(
+      conv_layer.regularizer(conv.weight),
+      jaxdrop.concrete_dropout_regularizer(
+        jax.nn.sigmoid(LOGITS)[:, None], rows, input_dim=8, **REG
+      ),
+      rtol=1e-5,
+    )
 
 
 def test_the_dropout_term_alone_pushes_the_rate_to_one_half():
