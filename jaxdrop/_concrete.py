@@ -203,8 +203,11 @@ def concrete_dropout_regularizer(
        + \lambda_p \left(p_k \log p_k + (1 - p_k) \log(1 - p_k)\right) \right).
 
   Pass such a `rate` shaped to broadcast against `kernel` along its input axis: ``(K, 1)``
-  for a Flax ``(in, out)`` kernel, ``(K,)`` for an Equinox ``(out, in)`` weight, ``(K, 1)``
-  for a Flax ``(h, w, in, out)`` convolution kernel with one rate per input channel.
+  for a Flax ``(in, out)`` kernel and a Flax ``(h, w, in, out)`` convolution kernel, ``(K,)``
+  for an Equinox ``(out, in)`` weight, ``(K, 1, 1)`` for an Equinox ``(out, in, h, w)``
+  convolution weight. Only the count is checked: `K` rates that broadcast along another axis
+  of size `K` (a square kernel, a 3 x 3 window over 3 channels) scale the wrong weights. The
+  modules' ``regularizer`` lays their rates along the right axis.
 
   The reference code's defaults, for N training examples and a prior length scale l:
   ``weight_regularizer = l**2 / N`` and ``dropout_regularizer = 2 / N`` (for a Gaussian
@@ -219,7 +222,8 @@ def concrete_dropout_regularizer(
   Args:
     rate: the layer's drop probability: a scalar, or `input_dim` of them (one per input unit)
       in an array that broadcasts to `kernel`'s shape, as above. Traced or concrete.
-    kernel: the weights applied to the dropped input (any shape; its squares are summed).
+    kernel: the weights applied to the dropped input (any shape; its squares are summed, per
+      input unit for per-unit rates).
     input_dim: K, the number of units dropped per example (features of a dense input,
       channels of a convolution's input): a positive int.
     weight_regularizer: :math:`\lambda_w \ge 0` (``l**2 / N`` in the reference code).
@@ -273,8 +277,10 @@ def _regularizer(
 ) -> jax.Array:
   work = compute_dtype(kernel.dtype)
   p = rate.astype(work)
-  scaled = jnp.sum(jnp.square(kernel.astype(work)) / (1 - p))
-  weight_term = jnp.asarray(weight_regularizer).astype(work) * scaled
+  # |W_k|^2 per unit (the whole kernel's for a scalar rate), then over its keep probability
+  other_axes = tuple(i for i, n in enumerate(p.shape) if n == 1)
+  squares = jnp.sum(jnp.square(kernel.astype(work)), axis=other_axes, keepdims=True)
+  weight_term = jnp.asarray(weight_regularizer).astype(work) * jnp.sum(squares / (1 - p))
   negentropy = jax.scipy.special.xlogy(p, p) + jax.scipy.special.xlogy(1 - p, 1 - p)
   # A scalar rate stands for input_dim equal ones; an array holds input_dim of them.
   units = input_dim // p.size

@@ -57,12 +57,15 @@ __all__ = [
 Rngs = nnx.Rngs | nnx.RngStream | jax.Array | None
 
 
-def _rate_value(rate: ArrayLike | nnx.Variable) -> tuple[ArrayLike, float | None]:
-  """The rate (the value of an ``nnx.Variable`` holding it), checked where it is a concrete
-  scalar; returns ``(rate, its float or None when traced)``. An array of rates (one per unit,
-  `ConcreteDropout`'s) is left to the function to check, and never skips the draw."""
+def _rate_value(
+  rate: ArrayLike | nnx.Variable, per_unit: bool = False
+) -> tuple[ArrayLike, float | None]:
+  """The rate (the value of an ``nnx.Variable`` holding it), checked where it is concrete;
+  returns ``(rate, its float or None when traced)``. With `per_unit` (`ConcreteDropout`'s
+  learned rates) an array of rates is left to the function to check, and never skips the
+  draw."""
   rate = rate[...] if isinstance(rate, nnx.Variable) else rate
-  if jnp.ndim(rate) != 0:
+  if per_unit and jnp.ndim(rate) != 0:
     return rate, None
   return rate, check.probability(rate, "rate")
 
@@ -119,7 +122,7 @@ def _run(
       "model.eval() or nnx.view(model, deterministic=...)"
     )
   deterministic = check.flag(deterministic, "deterministic")
-  rate, rate_value = _rate_value(module.rate)
+  rate, rate_value = _rate_value(module.rate, isinstance(module, ConcreteDropout))
   if deterministic is True or rate_value == 0.0:
     return inputs
   if deterministic is False and rate_value == 1.0:

@@ -88,6 +88,18 @@ class TestNNX:
     grads = nnx.grad(lambda m: jnp.sum(G * m(X, rngs=KEY)))(layer)
     linear = nnx.Linear(8, 4, rngs=nnx.Rngs(params=0))  # kernel (in, out): a row per unit
     per_unit_checks(grads["rate_logit"][...], layer.regularizer(linear.kernel), linear.kernel[...])
+    conv = nnx.Conv(8, 2, (3, 3), rngs=nnx.Rngs(params=0))  # kernel (h, w, in, out)
+    rows = np.moveaxis(np.asarray(conv.kernel[...]), 2, 0).reshape(8, -1)
+    np.testing.assert_allclose(
+      layer.regularizer(conv.kernel),
+      jaxdrop.concrete_dropout_regularizer(
+        jax.nn.sigmoid(LOGITS)[:, None], rows, input_dim=8, **REG
+      ),
+      rtol=1e-5,
+    )
+    # only ConcreteDropout learns an array of rates: Dropout still wants a scalar
+    with pytest.raises(ValueError, match="rate must be a scalar"):
+      jdnnx.Dropout(jnp.array([0.1, 0.2]))
 
 
 class TestLinen:
@@ -145,6 +157,15 @@ class TestLinen:
     kernel = jax.random.normal(jax.random.key(4), (8, 4))  # (in, out): a row per unit
     reg = layer.apply(variables, kernel, method=layer.regularizer)
     per_unit_checks(grad, reg, kernel)
+    conv_kernel = jax.random.normal(jax.random.key(6), (3, 3, 8, 2))  # nn.Conv: (h, w, in, out)
+    rows = np.moveaxis(np.asarray(conv_kernel), 2, 0).reshape(8, -1)
+    np.testing.assert_allclose(
+      layer.apply(variables, conv_kernel, method=layer.regularizer),
+      jaxdrop.concrete_dropout_regularizer(
+        jax.nn.sigmoid(LOGITS)[:, None], rows, input_dim=8, **REG
+      ),
+      rtol=1e-5,
+    )
     with pytest.raises(ValueError, match=r"rate must be a scalar or an array that broadcasts"):
       layer.apply(variables, X[:, :5], deterministic=False, rng=KEY)
 
@@ -188,13 +209,12 @@ class TestEquinox:
     assert y.shape == (8, 3, 3)
     conv = eqx.nn.Conv2d(8, 2, 3, key=jax.random.key(1))
     rows = np.moveaxis(np.asarray(conv.weight), 1, 0).reshape(8, -1)
-    np.testing.assert_allclose(
-      conv_layer.regularizer(conv.weight),
-      jaxdrop.concrete_dropout_regularizer(
-        jax.nn.sigmoid(LOGITS)[:, None], rows, input_dim=8, **REG
-      ),
-      rtol=1e-5,
+    expected = jaxdrop.concrete_dropout_regularizer(
+      jax.nn.sigmoid(LOGITS)[:, None], rows, input_dim=8, **REG
     )
+    np.testing.assert_allclose(conv_layer.regularizer(conv.weight), expected, rtol=1e-5)
+    # rates of shape (8,) are laid along the weight's input axis too, not its last
+    np.testing.assert_allclose(layer.regularizer(conv.weight), expected, rtol=1e-5)
 
 
 def test_the_dropout_term_alone_pushes_the_rate_to_one_half():
