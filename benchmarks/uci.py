@@ -449,9 +449,13 @@ def _counts(values, fmt) -> str:
   return ", ".join(f"{fmt(v)}: {c}" for v, c in sorted(counts.items()))
 
 
-def report(
-  name, mc, concrete, n_splits, epochs, samples, rates, taus, lengthscales, checkpoints, total
-) -> list[str]:
+def report(name: str, setup: dict, mc: dict, concrete: dict, total: float) -> list[str]:
+  """The results page: `setup` holds n_splits, epochs, samples, rates, taus, lengthscales and
+  checkpoints."""
+  n_splits, epochs, samples = (setup[k] for k in ("n_splits", "epochs", "samples"))
+  rates, taus, lengthscales, checkpoints = (
+    setup[k] for k in ("rates", "taus", "lengthscales", "checkpoints")
+  )
   dataset = DATASETS[name]
   anchor = dataset.anchor
   fmt = lambda v, d=2: "{:.{d}f} ± {:.{d}f}".format(*_mean_se(v), d=d)
@@ -470,9 +474,8 @@ def report(
     f"of Adam in batches of {BATCH} (Concrete: the epochs chosen from {list(checkpoints)}), "
     f"{samples} MC samples for validation and test; mean ± standard error over the splits, "
     f"RMSE and log-likelihood on the original scale of `{dataset.target}`. Hyper-parameters "
-    "are chosen per "
-    "split by the log-likelihood on the last 20% of its training part, then retrained on all of "
-    "it.",
+    "are chosen per split by the log-likelihood on the last 20% of its training part, then "
+    "retrained on all of it.",
     "",
     f"| {dataset.title} | test RMSE | test log-likelihood | hyper-parameters | time |",
     "|---|---:|---:|---|---:|",
@@ -518,19 +521,11 @@ def main(argv=None):
   mc = run_mc(x, y, splits, rates, taus, epochs, samples, chunk)
   concrete = run_concrete(x, y, splits, taus, lengthscales, checkpoints, samples, chunk)
   total = time.perf_counter() - t0
-  lines = report(
-    args.dataset,
-    mc,
-    concrete,
-    len(splits),
-    epochs,
-    samples,
-    rates,
-    taus,
-    lengthscales,
-    checkpoints,
-    total,
-  )
+  setup = dict(
+    n_splits=len(splits), epochs=epochs, samples=samples, rates=rates, taus=taus,
+    lengthscales=lengthscales, checkpoints=checkpoints,
+  )  # fmt: skip
+  lines = report(args.dataset, setup, mc, concrete, total)
   if not args.smoke:
     dataset.results.write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
