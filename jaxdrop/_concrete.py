@@ -298,11 +298,27 @@ def initial_logit(init_rate: float, rate_shape: Sequence[int] = ()) -> jax.Array
   return jnp.full(shape, math.log(value) - math.log1p(-value), jnp.float32)
 
 
-def rate_along(rate: jax.Array, ndim: int, axis: int) -> jax.Array:
-  """A module's rates, a scalar or one per unit in any shape, laid along the input `axis` of
-  a kernel of rank `ndim`, as `concrete_dropout_regularizer` takes them."""
-  if rate.ndim == 0:
-    return rate
-  shape = [1] * ndim
-  shape[axis] = -1
-  return rate.reshape(shape)
+def module_regularizer(
+  rate: jax.Array,
+  kernel: ArrayLike,
+  axis: int,
+  input_dim: int | None,
+  weight_regularizer: float,
+  dropout_regularizer: float,
+  name: str = "kernel",
+) -> jax.Array:
+  """`concrete_dropout_regularizer` for a module's rates (a scalar, or one per unit in any
+  shape) and the `kernel` its output feeds, whose input axis is `axis` (the framework's
+  layout): the rates are laid along that axis, and `input_dim` defaults to its size."""
+  kernel = check.float_array(kernel, name)
+  if rate.ndim:
+    shape = [1] * kernel.ndim
+    shape[axis] = -1
+    rate = rate.reshape(shape)
+  return concrete_dropout_regularizer(
+    rate,
+    kernel,
+    input_dim=kernel.shape[axis] if input_dim is None else input_dim,
+    weight_regularizer=weight_regularizer,
+    dropout_regularizer=dropout_regularizer,
+  )

@@ -32,7 +32,7 @@ except ImportError as err:  # the core needs jax alone; the adapter needs its fr
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
-from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit, rate_along
+from ._concrete import concrete_dropout, initial_logit, module_regularizer
 from ._dropout import dropout
 from ._noise import gaussian_dropout
 from ._structured import channel_dropout, drop_path
@@ -386,11 +386,6 @@ class ConcreteDropout(eqx.Module):
     layer its output feeds; `input_dim` defaults to ``weight.shape[1]``, the input features of
     an ``eqx.nn.Linear`` weight ``(out, in)`` and the input channels of an ``eqx.nn.Conv``
     weight ``(out, in, ...)``, the axis along which per-unit rates are laid."""
-    weight = check.float_array(weight, "weight")
-    return concrete_dropout_regularizer(
-      rate_along(self.rate, weight.ndim, 1),
-      weight,
-      input_dim=weight.shape[1] if input_dim is None else input_dim,
-      weight_regularizer=self.weight_regularizer,
-      dropout_regularizer=self.dropout_regularizer,
+    return module_regularizer(
+      self.rate, weight, 1, input_dim, self.weight_regularizer, self.dropout_regularizer, "weight"
     )

@@ -31,7 +31,7 @@ from flax.typing import PrecisionLike
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
-from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit, rate_along
+from ._concrete import concrete_dropout, initial_logit, module_regularizer
 from ._dropout import dropout
 from ._flax_attention import flax_attention, no_custom_einsums
 from ._noise import gaussian_dropout
@@ -366,19 +366,19 @@ class ConcreteDropout(nn.Module):
     of an ``nn.Dense`` kernel ``(in, out)`` and the input channels of an ``nn.Conv``, the axis
     along which per-unit rates are laid. Call it on the bound module (``apply(...,
     method=...)``, or from the parent's ``__call__``)."""
-    kernel = check.float_array(kernel, "kernel")
     logit: jax.Array | None = self.get_variable("params", "rate_logit")
     if logit is None:
       raise ValueError(
         "ConcreteDropout.regularizer needs the layer's parameters: call it on a bound module "
         "whose variables hold params/rate_logit (initialise it with init first)"
       )
-    return concrete_dropout_regularizer(
-      rate_along(jax.nn.sigmoid(logit), kernel.ndim, -2),
+    return module_regularizer(
+      jax.nn.sigmoid(logit),
       kernel,
-      input_dim=kernel.shape[-2] if input_dim is None else input_dim,
-      weight_regularizer=self.weight_regularizer,
-      dropout_regularizer=self.dropout_regularizer,
+      -2,
+      input_dim,
+      self.weight_regularizer,
+      self.dropout_regularizer,
     )
 
 

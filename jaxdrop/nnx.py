@@ -36,7 +36,7 @@ from flax.typing import PrecisionLike, PromoteDtypeFn
 from . import _validate as check
 from ._alpha import alpha_dropout, feature_alpha_dropout
 from ._block import drop_block
-from ._concrete import concrete_dropout, concrete_dropout_regularizer, initial_logit, rate_along
+from ._concrete import concrete_dropout, initial_logit, module_regularizer
 from ._dropout import dropout
 from ._flax_attention import flax_attention
 from ._noise import gaussian_dropout
@@ -524,15 +524,9 @@ class ConcreteDropout(_Member):
     layer its output feeds; `input_dim` defaults to ``kernel.shape[-2]``, the input features
     of an ``nnx.Linear`` kernel ``(in, out)`` and the input channels of an ``nnx.Conv``, the
     axis along which per-unit rates are laid."""
-    kernel = check.float_array(
-      kernel[...] if isinstance(kernel, nnx.Variable) else kernel, "kernel"
-    )
-    return concrete_dropout_regularizer(
-      rate_along(self.rate, kernel.ndim, -2),
-      kernel,
-      input_dim=kernel.shape[-2] if input_dim is None else input_dim,
-      weight_regularizer=self.weight_regularizer,
-      dropout_regularizer=self.dropout_regularizer,
+    kernel = kernel[...] if isinstance(kernel, nnx.Variable) else kernel
+    return module_regularizer(
+      self.rate, kernel, -2, input_dim, self.weight_regularizer, self.dropout_regularizer
     )
 
 
